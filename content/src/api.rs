@@ -1,0 +1,361 @@
+//! The content store's transport-agnostic contract, split as containerd splits it:
+//! [`Provider`] (read), [`Ingester`] + [`Writer`] (write), [`IngestManager`] (in-progress
+//! writes) and [`Manager`] (info, labels, listing, deletion); [`LeaseManager`] holds
+//! leases. [`crate::LocalStore`] implements them on disk, [`crate::GrpcStore`] over
+//! containerd's gRPC API, and [`crate::testsuite`] checks any implementation.
+//!
+//! Every call takes a [`Scope`]: the namespace (or none, for a proxied containerd that
+//! does its own namespacing) and the lease that protects what the call creates.
+//!
+//! Importing a blob is: `writer(ref)` -> `status()` (resume point) -> `write()`... ->
+//! `commit(size, expected, labels)`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::SystemTime;
+
+use strata_proto::{Digest, MAX_LABEL_SIZE};
+
+use crate::error::{Error, Result};
+
+/// Labels of an object, ordered by key.
+pub type Labels = BTreeMap<String, String>;
+
+/// Longest ingest ref accepted, in bytes.
+pub const MAX_REF_LEN: usize = 4096;
+/// Longest namespace name, as containerd's identifiers.
+const MAX_IDENTIFIER_LEN: usize = 76;
+
+/// A validated namespace name (containerd's identifier rules: alphanumerics separated by
+/// single `.`, `_` or `-`, at most 76 bytes).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Namespace(String);
+
+impl Namespace {
+    /// Validates `name`.
+    pub fn new(name: &str) -> Result<Self> {
+        validate_identifier("namespace", name)?;
+        Ok(Namespace(name.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Namespace({})", self.0)
+    }
+}
+
+/// Checks containerd's identifier rules (used for namespaces and lease ids).
+pub fn validate_identifier(what: &str, s: &str) -> Result<()> {
+    if s.is_empty() {
+        return Err(Error::invalid(format!("{what} must not be empty")));
+    }
+    if s.len() > MAX_IDENTIFIER_LEN {
+        return Err(Error::invalid(format!(
+            "{what} is {} bytes, longer than {MAX_IDENTIFIER_LEN}",
+            s.len()
+        )));
+    }
+    let b = s.as_bytes();
+    let sep = |c: u8| matches!(c, b'.' | b'_' | b'-');
+    let ok = b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|&c| c.is_ascii_alphanumeric() || sep(c))
+        && !b.windows(2).any(|w| sep(w[0]) && sep(w[1]));
+    if !ok {
+        return Err(Error::invalid(format!(
+            "{what} {:?} is not a valid identifier",
+            truncate(s)
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an ingest ref: non-empty, at most [`MAX_REF_LEN`] bytes, no control characters,
+/// no `..` path component. Refs are never used as paths (ingest dirs are named by a hash
+/// of the ref); the rules only keep garbage out of the store and the logs.
+pub fn validate_ref(r: &str) -> Result<()> {
+    if r.is_empty() {
+        return Err(Error::invalid("ingest ref must not be empty"));
+    }
+    if r.len() > MAX_REF_LEN {
+        return Err(Error::invalid(format!(
+            "ingest ref is {} bytes, longer than {MAX_REF_LEN}",
+            r.len()
+        )));
+    }
+    if r.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "ingest ref {:?} contains a control character",
+            truncate(r)
+        )));
+    }
+    if r.starts_with('/') || r.split('/').any(|c| c == "..") {
+        return Err(Error::invalid(format!(
+            "ingest ref {:?} looks like a path traversal",
+            truncate(r)
+        )));
+    }
+    Ok(())
+}
+
+/// Checks every label against containerd's size limit (key and value together at most
+/// 4096 bytes) and rejects empty keys.
+pub fn validate_labels(labels: &Labels) -> Result<()> {
+    for (k, v) in labels {
+        if k.is_empty() {
+            return Err(Error::invalid("label key must not be empty"));
+        }
+        if k.len() + v.len() > MAX_LABEL_SIZE {
+            return Err(Error::invalid(format!(
+                "label key and value length ({} bytes) greater than maximum size ({MAX_LABEL_SIZE} bytes), key: {}",
+                k.len() + v.len(),
+                truncate(k)
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Who is asking: the namespace of the request and the lease that protects what it creates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// The request's namespace; `None` is the global space a proxied containerd uses (it
+    /// does its own namespacing and sends no namespace header).
+    pub namespace: Option<Namespace>,
+    /// The lease that new content and ingests are added to.
+    pub lease: Option<String>,
+}
+
+impl Scope {
+    /// The global space (no namespace, no lease).
+    pub fn global() -> Self {
+        Scope::default()
+    }
+
+    /// A namespace without a lease. Panics on an invalid name: use with literals.
+    pub fn ns(name: &str) -> Self {
+        Scope {
+            namespace: Some(Namespace::new(name).expect("valid namespace literal")),
+            lease: None,
+        }
+    }
+
+    /// The same scope with a lease.
+    pub fn with_lease(mut self, lease: impl Into<String>) -> Self {
+        self.lease = Some(lease.into());
+        self
+    }
+}
+
+/// A committed blob as one namespace sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Info {
+    /// The blob's digest.
+    pub digest: Digest,
+    /// Size in bytes.
+    pub size: u64,
+    /// When the blob was committed into this namespace.
+    pub created_at: SystemTime,
+    /// When its labels last changed.
+    pub updated_at: SystemTime,
+    /// Labels.
+    pub labels: Labels,
+}
+
+/// State of an in-progress ingest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The ingest's ref.
+    pub r#ref: String,
+    /// Bytes durably written so far: the resume point.
+    pub offset: u64,
+    /// Expected total size, 0 if unknown.
+    pub total: u64,
+    /// Expected digest, if given when the ingest started.
+    pub expected: Option<Digest>,
+    /// When the ingest started.
+    pub started_at: SystemTime,
+    /// When it was last written.
+    pub updated_at: SystemTime,
+}
+
+/// Options for opening a writer.
+#[derive(Clone, Debug, Default)]
+pub struct WriterOptions {
+    /// The ingest's ref: one writer per ref at a time.
+    pub r#ref: String,
+    /// Expected total size, 0 if unknown.
+    pub total: u64,
+    /// Expected digest, if known.
+    pub expected: Option<Digest>,
+}
+
+/// Reads committed blobs.
+pub trait Provider: Send + Sync {
+    /// The blob's info as `scope` sees it.
+    ///
+    /// # Contract
+    /// `NotFound` when the blob is not visible in the scope.
+    fn info(&self, scope: &Scope, digest: &Digest) -> Result<Info>;
+
+    /// Reads up to `buf.len()` bytes at `offset`; returns the count, 0 at the end.
+    ///
+    /// # Contract
+    /// `NotFound` when the blob is not visible; `OutOfRange` when `offset` is past its end.
+    fn read_at(&self, scope: &Scope, digest: &Digest, offset: u64, buf: &mut [u8])
+    -> Result<usize>;
+}
+
+/// Opens writers.
+pub trait Ingester: Send + Sync {
+    /// Opens (or resumes) the ingest `opts.ref`.
+    ///
+    /// # Contract
+    /// - `Unavailable` while another writer holds the same ref.
+    /// - `AlreadyExists` when `opts.expected` is already committed and visible.
+    /// - An existing ingest is resumed at its last durable offset (see [`Writer::status`]);
+    ///   one whose stored state does not verify is discarded and restarted at 0.
+    /// - Under the shared content policy, a blob committed in another namespace is offered
+    ///   as an ingest already at `offset == size` that commits without re-upload.
+    fn writer(&self, scope: &Scope, opts: WriterOptions) -> Result<Box<dyn Writer>>;
+}
+
+/// An open ingest. Dropping it releases the ref (as [`Writer::close`] does).
+pub trait Writer: Send {
+    /// Current state; `offset` is where the next write lands.
+    fn status(&self) -> Result<Status>;
+
+    /// Digest of the bytes written so far.
+    fn digest(&self) -> Digest;
+
+    /// Appends `data` at the current offset.
+    fn write(&mut self, data: &[u8]) -> Result<()>;
+
+    /// Discards everything after `size`; only 0 is supported (`InvalidArgument` otherwise).
+    fn truncate(&mut self, size: u64) -> Result<()>;
+
+    /// Verifies and commits the ingest as a blob.
+    ///
+    /// # Contract
+    /// - `FailedPrecondition` when `size` (if non-zero) or `expected` (if given) does not
+    ///   match; the ingest stays as it was and can be written further or truncated.
+    /// - `AlreadyExists` when the blob is already committed in the scope; the ingest is
+    ///   removed.
+    /// - On success the blob is durable before this returns, and the ingest is gone.
+    fn commit(&mut self, size: u64, expected: Option<&Digest>, labels: Labels) -> Result<Digest>;
+
+    /// Makes what was written durable and releases the ref.
+    fn close(self: Box<Self>) -> Result<()>;
+}
+
+/// Manages in-progress ingests.
+pub trait IngestManager: Send + Sync {
+    /// Status of the ingest `ref`; `NotFound` if there is none.
+    fn status(&self, scope: &Scope, r#ref: &str) -> Result<Status>;
+
+    /// All ingests of the scope matching `filters` (field `ref`).
+    fn list_statuses(&self, scope: &Scope, filters: &[String]) -> Result<Vec<Status>>;
+
+    /// Removes the ingest `ref`; `NotFound` if there is none, `Unavailable` if it is open.
+    fn abort(&self, scope: &Scope, r#ref: &str) -> Result<()>;
+}
+
+/// Manages committed blobs.
+pub trait Manager: Send + Sync {
+    /// Updates labels, as containerd: `fieldpaths` of `labels` or `labels.<key>`; empty
+    /// means all mutable fields. A label set to an absent or empty value is removed.
+    ///
+    /// # Contract
+    /// `InvalidArgument` for any other field path; `NotFound` when the blob is not visible.
+    fn update(&self, scope: &Scope, digest: &Digest, labels: Labels, fieldpaths: &[String])
+    -> Result<Info>;
+
+    /// Calls `f` for every visible blob matching `filters` (fields `digest`, `size`,
+    /// `labels.*`).
+    fn walk(
+        &self,
+        scope: &Scope,
+        filters: &[String],
+        f: &mut dyn FnMut(Info) -> Result<()>,
+    ) -> Result<()>;
+
+    /// Removes the blob from the scope; `NotFound` when it is not visible.
+    fn delete(&self, scope: &Scope, digest: &Digest) -> Result<()>;
+}
+
+/// A whole content store.
+pub trait ContentStore: Provider + Ingester + IngestManager + Manager {}
+impl<T: Provider + Ingester + IngestManager + Manager> ContentStore for T {}
+
+/// A lease: protects the resources added to it from garbage collection until deleted or
+/// expired (label `containerd.io/gc.expire`, RFC 3339).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The lease id.
+    pub id: String,
+    /// When it was created.
+    pub created_at: SystemTime,
+    /// Labels.
+    pub labels: Labels,
+}
+
+/// A resource held by a lease: `content` (id = digest), `ingests` (id = ref) or
+/// `snapshots/<snapshotter>` (id = key).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Resource {
+    /// The resource id.
+    pub id: String,
+    /// The resource type.
+    pub r#type: String,
+}
+
+/// Manages leases, per namespace.
+pub trait LeaseManager: Send + Sync {
+    /// Creates a lease; `AlreadyExists` if the id is taken, `InvalidArgument` for a bad id.
+    fn create_lease(&self, scope: &Scope, id: &str, labels: Labels) -> Result<Lease>;
+    /// Deletes a lease; with `sync`, collects garbage before returning.
+    fn delete_lease(&self, scope: &Scope, id: &str, sync: bool) -> Result<()>;
+    /// Lists leases matching `filters` (fields `id`, `labels.*`).
+    fn list_leases(&self, scope: &Scope, filters: &[String]) -> Result<Vec<Lease>>;
+    /// Adds a resource to a lease.
+    fn add_resource(&self, scope: &Scope, id: &str, resource: Resource) -> Result<()>;
+    /// Removes a resource from a lease.
+    fn delete_resource(&self, scope: &Scope, id: &str, resource: Resource) -> Result<()>;
+    /// The resources of a lease.
+    fn list_resources(&self, scope: &Scope, id: &str) -> Result<Vec<Resource>>;
+}
+
+/// Reads a whole blob through a [`Provider`], in 1 MiB reads.
+pub fn read_all(p: &dyn Provider, scope: &Scope, digest: &Digest) -> Result<Vec<u8>> {
+    let info = p.info(scope, digest)?;
+    let mut out = vec![0u8; usize::try_from(info.size).unwrap_or(usize::MAX)];
+    let mut off = 0usize;
+    while off < out.len() {
+        let end = (off + (1 << 20)).min(out.len());
+        let n = p.read_at(scope, digest, off as u64, &mut out[off..end])?;
+        if n == 0 {
+            return Err(Error::new(
+                crate::ErrorKind::DataLoss,
+                format!("blob {digest} ended at {off} of {} bytes", info.size),
+            ));
+        }
+        off += n;
+    }
+    Ok(out)
+}

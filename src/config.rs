@@ -1,0 +1,101 @@
+//! Daemon configuration: an optional TOML file, overridden by command-line flags.
+//!
+//! ```toml
+//! root = "/var/lib/strata"
+//! address = "/run/strata/strata.sock"
+//!
+//! [content]
+//! sharing_policy = "shared"      # or "isolated"
+//! ingest_expiry_secs = 86400     # unleased ingests of strata's namespaces
+//! gc_interval_secs = 600         # 0 disables periodic garbage collection
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// Default daemon root.
+pub const DEFAULT_ROOT: &str = "/var/lib/strata";
+/// Default socket address.
+pub const DEFAULT_ADDRESS: &str = "/run/strata/strata.sock";
+
+/// The whole configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Root directory.
+    pub root: Option<PathBuf>,
+    /// Unix socket to serve on.
+    pub address: Option<PathBuf>,
+    /// Content store settings.
+    #[serde(default)]
+    pub content: ContentConfig,
+}
+
+/// `[content]` settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentConfig {
+    /// `shared` or `isolated`.
+    #[serde(default = "default_policy")]
+    pub sharing_policy: String,
+    /// Seconds an unleased ingest of a named namespace lives after its last write.
+    #[serde(default = "default_expiry")]
+    pub ingest_expiry_secs: u64,
+    /// Seconds between garbage collections; 0 disables them.
+    #[serde(default = "default_gc")]
+    pub gc_interval_secs: u64,
+}
+
+fn default_policy() -> String {
+    "shared".into()
+}
+fn default_expiry() -> u64 {
+    24 * 3600
+}
+fn default_gc() -> u64 {
+    600
+}
+
+impl Default for ContentConfig {
+    fn default() -> Self {
+        ContentConfig {
+            sharing_policy: default_policy(),
+            ingest_expiry_secs: default_expiry(),
+            gc_interval_secs: default_gc(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses `path` (at most 1 MiB).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("read config {}", path.display()))?;
+        anyhow::ensure!(meta.len() <= 1 << 20, "config {} is larger than 1 MiB", path.display());
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        let c: Config = toml::from_str(
+            "root = \"/r\"\n[content]\nsharing_policy = \"isolated\"\ngc_interval_secs = 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.root.as_deref(), Some(Path::new("/r")));
+        assert_eq!(c.content.sharing_policy, "isolated");
+        assert_eq!(c.content.gc_interval_secs, 0);
+        assert_eq!(c.content.ingest_expiry_secs, 86400);
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+        assert!(toml::from_str::<Config>("[content]\ngc_interval_secs = -1").is_err());
+        assert!(toml::from_str::<Config>("root = [").is_err());
+    }
+}

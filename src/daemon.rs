@@ -1,0 +1,243 @@
+//! `strata serve`: binds the socket, opens the stores, serves gRPC until SIGTERM/SIGINT.
+//!
+//! Order matters for containerd, which must never find the socket missing: the root is
+//! locked (a second daemon on the same root fails here), the socket is bound, and only
+//! then are the stores opened; requests that arrive meanwhile wait for them.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use strata_content::service::{ContentService, LeasesService, StoreCell};
+use strata_content::{LocalStore, SharingPolicy, StoreOptions};
+use strata_proto::strata::v1 as spb;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// Everything `serve` needs, after merging the config file and flags.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Root directory.
+    pub root: PathBuf,
+    /// Socket path.
+    pub address: PathBuf,
+    /// Content store options.
+    pub store: StoreOptions,
+    /// Time between garbage collections (`None`: never).
+    pub gc_interval: Option<Duration>,
+}
+
+impl ServeOptions {
+    /// Merges the config file with flags (flags win).
+    pub fn from_config(
+        cfg: Config,
+        root: Option<PathBuf>,
+        address: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let sharing = match cfg.content.sharing_policy.as_str() {
+            "shared" => SharingPolicy::Shared,
+            "isolated" => SharingPolicy::Isolated,
+            other => bail!("content.sharing_policy {other:?} is not \"shared\" or \"isolated\""),
+        };
+        let store = StoreOptions {
+            sharing,
+            ingest_expiry: Duration::from_secs(cfg.content.ingest_expiry_secs),
+            failpoint: std::env::var("STRATA_FAILPOINT").ok(),
+            ..StoreOptions::default()
+        };
+        Ok(ServeOptions {
+            root: root
+                .or(cfg.root)
+                .unwrap_or_else(|| crate::config::DEFAULT_ROOT.into()),
+            address: address
+                .or(cfg.address)
+                .unwrap_or_else(|| crate::config::DEFAULT_ADDRESS.into()),
+            store,
+            gc_interval: (cfg.content.gc_interval_secs > 0)
+                .then(|| Duration::from_secs(cfg.content.gc_interval_secs)),
+        })
+    }
+}
+
+/// Holds the root's lock file for the daemon's lifetime.
+struct RootLock(#[allow(dead_code)] fs::File);
+
+fn lock_root(root: &Path) -> anyhow::Result<RootLock> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .with_context(|| format!("create root {}", root.display()))?;
+    fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod root {}", root.display()))?;
+    let path = root.join("strata.lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open lock file {}", path.display()))?;
+    // SAFETY: flock on a valid, owned fd; no memory is shared with the kernel.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let holder = fs::read_to_string(&path).unwrap_or_default();
+        bail!(
+            "root {} is in use by another strata daemon (pid {})",
+            root.display(),
+            holder.trim()
+        );
+    }
+    f.set_len(0)?;
+    fs::write(&path, format!("{}\n", std::process::id()))?;
+    Ok(RootLock(f))
+}
+
+fn bind_socket(address: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = address.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("create socket directory {}", dir.display()))?;
+        }
+    }
+    if address.exists() {
+        if std::os::unix::net::UnixStream::connect(address).is_ok() {
+            bail!("another daemon is already serving {}", address.display());
+        }
+        fs::remove_file(address)
+            .with_context(|| format!("remove stale socket {}", address.display()))?;
+    }
+    let l = UnixListener::bind(address).with_context(|| format!("bind {}", address.display()))?;
+    fs::set_permissions(address, fs::Permissions::from_mode(0o660))?;
+    Ok(l)
+}
+
+struct Admin {
+    store: StoreCell,
+    root: PathBuf,
+}
+
+#[tonic::async_trait]
+impl spb::admin_server::Admin for Admin {
+    async fn version(&self, _: Request<()>) -> Result<Response<spb::VersionResponse>, Status> {
+        Ok(Response::new(spb::VersionResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            root: self.root.display().to_string(),
+            services: SERVICES.iter().map(|s| (*s).to_owned()).collect(),
+        }))
+    }
+
+    async fn garbage_collect(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<spb::GarbageCollectResponse>, Status> {
+        let store = self.store.get().await?;
+        let r = strata_content::service::blocking(move || store.garbage_collect()).await?;
+        Ok(Response::new(spb::GarbageCollectResponse {
+            records: r.records as u64,
+            blobs: r.blobs as u64,
+            ingests: r.ingests as u64,
+            leases: r.leases as u64,
+        }))
+    }
+}
+
+const SERVICES: &[&str] = &[
+    "containerd.services.content.v1.Content",
+    "containerd.services.leases.v1.Leases",
+    "strata.v1.Admin",
+];
+
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received, shutting down"),
+        _ = int.recv() => info!("SIGINT received, shutting down"),
+    }
+}
+
+/// Runs the daemon until a termination signal or a fatal error.
+pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    let _lock = lock_root(&opts.root)?;
+    let listener = bind_socket(&opts.address)?;
+    info!(address = %opts.address.display(), root = %opts.root.display(), "listening");
+
+    let (setter, cell) = StoreCell::pending();
+    let (root, store_opts) = (opts.root.clone(), opts.store.clone());
+    let fatal: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
+    let failed = Arc::new(Notify::new());
+    let gc_interval = opts.gc_interval;
+    let (fatal2, failed2) = (fatal.clone(), failed.clone());
+    tokio::spawn(async move {
+        let opened = tokio::task::spawn_blocking(move || LocalStore::open(&root, store_opts))
+            .await
+            .map_err(|e| anyhow::anyhow!("open content store: {e}"))
+            .and_then(|r| r.map_err(|e| anyhow::Error::new(e).context("open content store")));
+        match opened {
+            Ok(store) => {
+                info!("content store ready");
+                setter.set(store.clone());
+                if let Some(every) = gc_interval {
+                    run_gc_loop(store, every).await;
+                }
+            }
+            Err(e) => {
+                *fatal2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                failed2.notify_one();
+            }
+        }
+    });
+
+    let admin = Admin {
+        store: cell.clone(),
+        root: opts.root.clone(),
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(ContentService::new(cell.clone()).into_server())
+        .add_service(LeasesService::new(cell.clone()).into_server())
+        .add_service(spb::admin_server::AdminServer::new(admin))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = failed.notified() => {}
+            }
+        })
+        .await;
+    if let Err(e) = fs::remove_file(&opts.address) {
+        warn!(error = %e, "remove socket");
+    }
+    served.context("serve gRPC")?;
+    if let Some(e) = fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn run_gc_loop(store: LocalStore, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.garbage_collect()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = ?e, "garbage collection failed"),
+            Err(e) => warn!(error = %e, "garbage collection task failed"),
+        }
+    }
+}

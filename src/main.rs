@@ -1,0 +1,105 @@
+//! `strata`: the daemon (`strata serve`) and its command-line client.
+//!
+//! The client follows `ctr` conventions: `--address` picks the socket, `--namespace` the
+//! containerd namespace (an empty namespace addresses the global space that a proxying
+//! containerd uses). Errors print their whole cause chain, one cause per line.
+
+mod cli;
+mod config;
+mod daemon;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// strata: storage-first container image service.
+#[derive(Parser, Debug)]
+#[command(name = "strata", version, about)]
+struct Args {
+    /// Unix socket of the daemon [default: /run/strata/strata.sock].
+    #[arg(long, global = true, env = "STRATA_ADDRESS")]
+    address: Option<PathBuf>,
+    /// containerd namespace of requests ("" = the global space).
+    #[arg(short = 'n', long, global = true, env = "STRATA_NAMESPACE", default_value = "default")]
+    namespace: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Root directory (default /var/lib/strata).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Log filter (tracing's env-filter syntax), e.g. "info" or "strata_content=debug".
+        #[arg(long, env = "STRATA_LOG", default_value = "info")]
+        log: String,
+    },
+    /// Manage content.
+    #[command(subcommand)]
+    Content(cli::ContentCmd),
+    /// Manage leases.
+    #[command(subcommand)]
+    Leases(cli::LeasesCmd),
+    /// Run the garbage collector now.
+    Gc,
+    /// Print the daemon's version and services.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Command::Serve { root, config, log } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log)?)
+                .with_writer(std::io::stderr)
+                .init();
+            let cfg = match &config {
+                Some(p) => config::Config::load(p)?,
+                None => config::Config::default(),
+            };
+            let opts = daemon::ServeOptions::from_config(cfg, root, args.address)?;
+            daemon::serve(opts).await
+        }
+        command => {
+            let address = args
+                .address
+                .unwrap_or_else(|| config::DEFAULT_ADDRESS.into());
+            let client = cli::Client::connect(&address, &args.namespace).await?;
+            match command {
+                Command::Content(c) => c.run(&client).await,
+                Command::Leases(c) => c.run(&client).await,
+                Command::Gc => client.gc().await,
+                Command::Version => client.version().await,
+                Command::Serve { .. } => unreachable!("handled above"),
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The real `strata` binary: serve lifecycle, the CLI, and crash safety under kill -9.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{Daemon, runtime, stderr, stdout};
+use strata_content::testsuite::{content, digest_of};
+use strata_content::{ErrorKind, IngestManager, Ingester, Labels, Provider, Scope, WriterOptions};
+
+#[test]
+fn serve_lifecycle_and_exclusive_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &[]);
+    let sock_dir = d.sock.parent().unwrap();
+    assert_eq!(std::fs::metadata(sock_dir).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(&d.root).unwrap().permissions().mode() & 0o777, 0o700);
+
+    // A second daemon on the same root fails fast and leaves the first one serving.
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve", "--root"])
+        .arg(&d.root)
+        .arg("--address")
+        .arg(dir.path().join("other.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("in use by another strata daemon"), "{}", stderr(&out));
+    // And one on the same socket too.
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve", "--root"])
+        .arg(dir.path().join("root2"))
+        .arg("--address")
+        .arg(&d.sock)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already serving"), "{}", stderr(&out));
+    assert!(d.cli(&["version"]).status.success());
+
+    let st = d.sigterm();
+    assert!(st.success(), "clean exit on SIGTERM: {st}");
+    assert!(!d.sock.exists(), "socket removed on shutdown");
+    // A stale socket file does not stop the next start.
+    std::os::unix::net::UnixListener::bind(&d.sock).unwrap();
+    d.restart(&[]);
+    assert!(d.cli(&["version"]).status.success());
+}
+
+#[test]
+fn cli_content_and_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let data = content(3 << 20, 1);
+    let digest = digest_of(&data);
+    let out = d.cli_stdin(
+        &["content", "ingest", "--ref", "cli-1", "--expected", &digest.to_string(), "--label", "a=b"],
+        &data,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), digest.to_string());
+
+    let ls = stdout(&d.cli(&["content", "ls"]));
+    assert!(ls.contains(&digest.to_string()) && ls.contains("a=b"), "{ls}");
+    assert!(ls.contains("containerd.io/gc.root="), "CLI ingests are GC roots: {ls}");
+    let got = d.cli(&["content", "get", &digest.to_string()]);
+    assert!(got.status.success());
+    assert!(got.stdout == data, "get returns the bytes");
+
+    // Other namespaces do not see it; the global space (what containerd uses) does.
+    assert!(stdout(&d.cli(&["-n", "other", "content", "ls", "-q"])).trim().is_empty());
+    assert!(stdout(&d.cli(&["-n", "", "content", "ls", "-q"])).contains(&digest.to_string()));
+
+    let out = d.cli(&["content", "label", &digest.to_string(), "a=", "c=d"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ls = stdout(&d.cli(&["content", "ls", "labels.c==d"]));
+    assert!(ls.contains(&digest.to_string()) && !ls.contains("a=b"), "{ls}");
+
+    // Wrong expected digest: a clear error with its cause, nothing committed.
+    let wrong = digest_of(b"other");
+    let out = d.cli_stdin(
+        &["content", "ingest", "--ref", "cli-2", "--expected", &wrong.to_string()],
+        b"some bytes",
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("unexpected commit digest") && err.contains("FailedPrecondition"), "{err}");
+    assert!(!stdout(&d.cli(&["content", "ls", "-q"])).contains(&digest_of(b"some bytes").to_string()));
+    assert!(stdout(&d.cli(&["content", "active"])).contains("cli-2"));
+    assert!(d.cli(&["content", "abort", "cli-2"]).status.success());
+
+    // Hostile arguments.
+    for args in [
+        vec!["content", "get", "sha256:../../etc/passwd"],
+        vec!["content", "rm", "md5:abc"],
+        vec!["content", "ls", "labels.\"open"],
+        vec!["-n", "bad/ns", "content", "ls"],
+    ] {
+        let out = d.cli(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(stderr(&out).starts_with("error: "), "{args:?}: {}", stderr(&out));
+    }
+
+    // Leases.
+    let out = d.cli(&["leases", "create", "--id", "l1", "--label", "x=y", "--expires-in", "3600"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ls = stdout(&d.cli(&["leases", "ls"]));
+    assert!(ls.contains("l1") && ls.contains("containerd.io/gc.expire="), "{ls}");
+    assert!(d.cli(&["leases", "rm", "l1"]).status.success());
+    assert!(!d.cli(&["leases", "rm", "l1"]).status.success());
+
+    assert!(d.cli(&["content", "rm", &digest.to_string()]).status.success());
+    assert!(!d.cli(&["content", "get", &digest.to_string()]).status.success());
+    assert!(d.cli(&["gc"]).status.success());
+}
+
+#[test]
+fn kill9_during_ingest_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &[]);
+    let rt = runtime();
+    let ns = Scope::ns("default");
+    let data = content(150 << 20, 2);
+    let digest = digest_of(&data);
+    // An acknowledged blob that must survive everything below.
+    let keep = content(1 << 20, 3);
+    let keep_d = {
+        let c = d.client(&rt);
+        strata_content::testsuite::write_blob(&c, &ns, "keep", &keep, Labels::new()).unwrap()
+    };
+    let opts = WriterOptions { r#ref: "big".into(), total: data.len() as u64, expected: Some(digest.clone()) };
+    {
+        let c = d.client(&rt);
+        let mut w = c.writer(&ns, opts.clone()).unwrap();
+        w.write(&data[..100 << 20]).unwrap();
+        d.kill9();
+        // The stream is dead: further writes fail instead of hanging.
+        assert!(w.write(&data[100 << 20..101 << 20]).is_err());
+    }
+    d.restart(&[]);
+    let c = d.client(&rt);
+    let mut w = c.writer(&ns, opts).unwrap();
+    let off = w.status().unwrap().offset as usize;
+    assert!(off > 0 && off <= 100 << 20, "resumes from a durable checkpoint, got {off}");
+    assert_eq!(w.digest(), digest_of(&data[..off]), "resumed prefix verifies");
+    w.write(&data[off..]).unwrap();
+    assert_eq!(w.commit(data.len() as u64, Some(&digest), Labels::new()).unwrap(), digest);
+    w.close().unwrap();
+    assert_eq!(c.info(&ns, &digest).unwrap().size, data.len() as u64);
+    assert_eq!(strata_content::api::read_all(&c, &ns, &keep_d).unwrap(), keep);
+}
+
+#[test]
+fn kill9_during_commit_leaves_old_or_new_state() {
+    for point in ["commit-before-rename", "commit-after-rename", "commit-after-record"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::start(dir.path(), &[]);
+        let rt = runtime();
+        let ns = Scope::ns("default");
+        let keep = content(4096, 10);
+        let keep_d = strata_content::testsuite::write_blob(&d.client(&rt), &ns, "keep", &keep, Labels::new()).unwrap();
+        d.kill9();
+        d.restart(&[("STRATA_FAILPOINT", point)]);
+
+        let data = content(5 << 20, 11);
+        let digest = digest_of(&data);
+        let c = d.client(&rt);
+        let opts = WriterOptions { r#ref: "layer".into(), total: data.len() as u64, expected: Some(digest.clone()) };
+        let mut w = c.writer(&ns, opts.clone()).unwrap();
+        w.write(&data).unwrap();
+        let res = w.commit(data.len() as u64, Some(&digest), Labels::new());
+        assert!(res.is_err(), "{point}: the daemon died before acknowledging");
+        drop(w);
+        let st = d.wait_exit(Duration::from_secs(10));
+        assert!(!st.success(), "{point}: killed");
+
+        d.restart(&[]);
+        let c = d.client(&rt);
+        match c.info(&ns, &digest) {
+            Ok(info) => {
+                // New state: the blob is whole and the ingest is gone.
+                assert_eq!(info.size, data.len() as u64, "{point}");
+                assert_eq!(strata_content::api::read_all(&c, &ns, &digest).unwrap(), data, "{point}");
+                assert_eq!(c.status(&ns, "layer").unwrap_err().kind(), ErrorKind::NotFound, "{point}");
+                assert_ne!(point, "commit-before-rename");
+            }
+            Err(e) => {
+                // Old state: the ingest is whole and commits on retry.
+                assert_eq!(e.kind(), ErrorKind::NotFound, "{point}");
+                assert_eq!(point, "commit-before-rename");
+                let mut w = c.writer(&ns, opts).unwrap();
+                assert_eq!(w.status().unwrap().offset, data.len() as u64, "{point}: ingest kept");
+                assert_eq!(w.commit(data.len() as u64, Some(&digest), Labels::new()).unwrap(), digest);
+                w.close().unwrap();
+            }
+        }
+        assert_eq!(strata_content::api::read_all(&c, &ns, &keep_d).unwrap(), keep, "{point}");
+        assert!(d.logs().contains("failpoint reached"), "{point}");
+    }
+}
