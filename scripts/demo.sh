@@ -18,8 +18,8 @@ fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/strata-target}"
 scripts/install-deps.sh
-cargo build --release --locked --bin strata
-strata="$CARGO_TARGET_DIR/release/strata"
+cargo build --workspace --all-targets --locked
+strata="$CARGO_TARGET_DIR/debug/strata"
 
 wd=$(mktemp -d /tmp/strata-demo.XXXXXX)
 echo "== work dir: $wd"

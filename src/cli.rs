@@ -22,7 +22,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Request};
 
 /// A connection to the daemon plus the namespace requests carry.
-pub struct Client {
+pub(crate) struct Client {
     channel: Channel,
     namespace: String,
 }
@@ -34,7 +34,7 @@ fn rpc(what: &str, s: tonic::Status) -> anyhow::Error {
 
 impl Client {
     /// Connects to the daemon's unix socket.
-    pub async fn connect(address: &Path, namespace: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(address: &Path, namespace: &str) -> anyhow::Result<Self> {
         let path = address.to_owned();
         let channel = Endpoint::try_from("http://strata.invalid")?
             .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -70,7 +70,7 @@ impl Client {
     }
 
     /// `strata gc`.
-    pub async fn gc(&self) -> anyhow::Result<()> {
+    pub(crate) async fn gc(&self) -> anyhow::Result<()> {
         let r = AdminClient::new(self.channel.clone())
             .garbage_collect(())
             .await
@@ -84,7 +84,7 @@ impl Client {
     }
 
     /// `strata version`.
-    pub async fn version(&self) -> anyhow::Result<()> {
+    pub(crate) async fn version(&self) -> anyhow::Result<()> {
         let r = AdminClient::new(self.channel.clone())
             .version(())
             .await
@@ -150,7 +150,7 @@ fn labels_str(l: &HashMap<String, String>) -> String {
 
 /// `strata content ...`
 #[derive(Subcommand, Debug)]
-pub enum ContentCmd {
+pub(crate) enum ContentCmd {
     /// List content (optionally filtered, e.g. `labels."containerd.io/gc.root"`).
     Ls {
         /// Print only digests.
@@ -210,7 +210,7 @@ pub enum ContentCmd {
 
 impl ContentCmd {
     /// Runs the command.
-    pub async fn run(self, c: &Client) -> anyhow::Result<()> {
+    pub(crate) async fn run(self, c: &Client) -> anyhow::Result<()> {
         let mut cc = c.content();
         match self {
             ContentCmd::Ls { quiet, filters } => {
@@ -278,7 +278,7 @@ impl ContentCmd {
                         .entry(strata_content::GC_ROOT.to_owned())
                         .or_insert_with(|| now.to_string());
                 }
-                let d = ingest(c, &r#ref, expected, size, labels, std::io::stdin().lock()).await?;
+                let d = ingest(c, &r#ref, expected, size, labels, std::io::stdin()).await?;
                 println!("{d}");
             }
             ContentCmd::Rm { digests } => {
@@ -348,7 +348,7 @@ impl ContentCmd {
 
 /// Streams `input` into the ingest `ref` over one Write stream: STAT for the resume
 /// offset, skip that many input bytes, pipelined WRITEs, then COMMIT.
-pub async fn ingest(
+pub(crate) async fn ingest(
     c: &Client,
     r#ref: &str,
     expected: Option<Digest>,
@@ -463,7 +463,7 @@ pub async fn ingest(
 
 /// `strata leases ...`
 #[derive(Subcommand, Debug)]
-pub enum LeasesCmd {
+pub(crate) enum LeasesCmd {
     /// List leases.
     Ls {
         /// Filters (`id`, `labels.*`).
@@ -520,7 +520,7 @@ fn rfc3339(t: SystemTime) -> String {
 
 impl LeasesCmd {
     /// Runs the command.
-    pub async fn run(self, c: &Client) -> anyhow::Result<()> {
+    pub(crate) async fn run(self, c: &Client) -> anyhow::Result<()> {
         let mut lc = c.leases();
         match self {
             LeasesCmd::Ls { filters } => {

@@ -16,36 +16,36 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 /// Default daemon root.
-pub const DEFAULT_ROOT: &str = "/var/lib/strata";
+pub(crate) const DEFAULT_ROOT: &str = "/var/lib/strata";
 /// Default socket address.
-pub const DEFAULT_ADDRESS: &str = "/run/strata/strata.sock";
+pub(crate) const DEFAULT_ADDRESS: &str = "/run/strata/strata.sock";
 
 /// The whole configuration file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// Root directory.
-    pub root: Option<PathBuf>,
+    pub(crate) root: Option<PathBuf>,
     /// Unix socket to serve on.
-    pub address: Option<PathBuf>,
+    pub(crate) address: Option<PathBuf>,
     /// Content store settings.
     #[serde(default)]
-    pub content: ContentConfig,
+    pub(crate) content: ContentConfig,
 }
 
 /// `[content]` settings.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ContentConfig {
+pub(crate) struct ContentConfig {
     /// `shared` or `isolated`.
     #[serde(default = "default_policy")]
-    pub sharing_policy: String,
+    pub(crate) sharing_policy: String,
     /// Seconds an unleased ingest of a named namespace lives after its last write.
     #[serde(default = "default_expiry")]
-    pub ingest_expiry_secs: u64,
+    pub(crate) ingest_expiry_secs: u64,
     /// Seconds between garbage collections; 0 disables them.
     #[serde(default = "default_gc")]
-    pub gc_interval_secs: u64,
+    pub(crate) gc_interval_secs: u64,
 }
 
 fn default_policy() -> String {
@@ -70,7 +70,7 @@ impl Default for ContentConfig {
 
 impl Config {
     /// Reads and parses `path` (at most 1 MiB).
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
         let meta = std::fs::metadata(path)
             .with_context(|| format!("read config {}", path.display()))?;
         anyhow::ensure!(meta.len() <= 1 << 20, "config {} is larger than 1 MiB", path.display());

@@ -26,20 +26,20 @@ use crate::config::Config;
 
 /// Everything `serve` needs, after merging the config file and flags.
 #[derive(Debug, Clone)]
-pub struct ServeOptions {
+pub(crate) struct ServeOptions {
     /// Root directory.
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// Socket path.
-    pub address: PathBuf,
+    pub(crate) address: PathBuf,
     /// Content store options.
-    pub store: StoreOptions,
+    pub(crate) store: StoreOptions,
     /// Time between garbage collections (`None`: never).
-    pub gc_interval: Option<Duration>,
+    pub(crate) gc_interval: Option<Duration>,
 }
 
 impl ServeOptions {
     /// Merges the config file with flags (flags win).
-    pub fn from_config(
+    pub(crate) fn from_config(
         cfg: Config,
         root: Option<PathBuf>,
         address: Option<PathBuf>,
@@ -171,7 +171,7 @@ async fn shutdown_signal() {
 }
 
 /// Runs the daemon until a termination signal or a fatal error.
-pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let _lock = lock_root(&opts.root)?;
     let listener = bind_socket(&opts.address)?;
     info!(address = %opts.address.display(), root = %opts.root.display(), "listening");

@@ -97,6 +97,8 @@ impl Default for StoreOptions {
 
 /// Bytes between `sync_file_range` writeback kicks, so the final fdatasync has little left.
 const WRITEBACK_CHUNK: u64 = 8 << 20;
+/// Writes at least this large hash and copy on two threads.
+const PARALLEL_WRITE_MIN: usize = 256 << 10;
 
 /// The on-disk content store. Cheap to clone.
 #[derive(Clone)]
@@ -862,10 +864,28 @@ fn write_into(state: &mut WriterState, data: &[u8], guard: &RefGuard, interval: 
         return Err(Error::precondition("writer is closed"));
     };
     let path = st.dir.join("data");
-    st.file
-        .write_all_at(data, st.offset)
-        .map_err(io("write ingest data", &path))?;
-    st.hasher.update(data);
+    let (file, offset, hasher) = (&st.file, st.offset, &mut st.hasher);
+    let written = if data.len() >= PARALLEL_WRITE_MIN {
+        // Hashing and copying into the page cache each take about as long as the other;
+        // on two cores they overlap, reading the same borrowed buffer.
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| file.write_all_at(data, offset));
+            hasher.update(data);
+            writer.join().unwrap_or_else(|_| Err(std::io::Error::other("writer thread panicked")))
+        })
+    } else {
+        hasher.update(data);
+        file.write_all_at(data, offset)
+    };
+    if let Err(e) = written {
+        // The hasher has seen bytes that may not be on disk: the ingest must be resumed
+        // from its checkpoint, so refuse further use of this writer.
+        *state = WriterState::Done;
+        return Err(Error::io("write ingest data", &path, e));
+    }
+    let WriterState::Ingest(st) = state else {
+        unreachable!("checked above");
+    };
     st.offset += data.len() as u64;
     guard.offset.store(st.offset, Ordering::Relaxed);
     if st.offset - st.kicked >= WRITEBACK_CHUNK {

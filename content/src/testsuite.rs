@@ -46,10 +46,11 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-fn assert_kind<T: std::fmt::Debug>(r: crate::Result<T>, kind: ErrorKind, what: &str) {
+fn assert_kind<T>(r: crate::Result<T>, kind: ErrorKind, what: &str) {
     match r {
         Err(e) if e.kind() == kind => {}
-        other => panic!("{what}: expected {kind:?}, got {other:?}"),
+        Err(e) => panic!("{what}: expected {kind:?}, got {e:?}"),
+        Ok(_) => panic!("{what}: expected {kind:?}, got success"),
     }
 }
 

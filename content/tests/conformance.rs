@@ -8,14 +8,14 @@ use strata_content::testsuite as ts;
 use strata_content::{Namespace, SHAREABLE_LABEL, Scope, SharingPolicy};
 
 macro_rules! cases {
-    ($($name:ident => $body:expr;)*) => {
+    ($($name:ident => |$h:ident| $body:expr;)*) => {
         mod in_process {
             use super::*;
-            $(#[test] fn $name() { let h = common::local(SharingPolicy::Shared); let f: &dyn Fn(&common::Harness) = &$body; f(&h); })*
+            $(#[test] fn $name() { let $h = &common::local(SharingPolicy::Shared); $body; })*
         }
         mod over_grpc {
             use super::*;
-            $(#[test] fn $name() { let h = common::grpc(SharingPolicy::Shared); let f: &dyn Fn(&common::Harness) = &$body; f(&h); })*
+            $(#[test] fn $name() { let $h = &common::grpc(SharingPolicy::Shared); $body; })*
         }
     };
 }
@@ -53,14 +53,14 @@ cases! {
 }
 
 macro_rules! isolated_cases {
-    ($($name:ident => $body:expr;)*) => {
+    ($($name:ident => |$h:ident| $body:expr;)*) => {
         mod isolated_in_process {
             use super::*;
-            $(#[test] fn $name() { let h = common::local(SharingPolicy::Isolated); let f: &dyn Fn(&common::Harness) = &$body; f(&h); })*
+            $(#[test] fn $name() { let $h = &common::local(SharingPolicy::Isolated); $body; })*
         }
         mod isolated_over_grpc {
             use super::*;
-            $(#[test] fn $name() { let h = common::grpc(SharingPolicy::Isolated); let f: &dyn Fn(&common::Harness) = &$body; f(&h); })*
+            $(#[test] fn $name() { let $h = &common::grpc(SharingPolicy::Isolated); $body; })*
         }
     };
 }
