@@ -775,8 +775,8 @@ enum WriterState {
     Ingest(Box<IngestState>),
     /// A blob another namespace holds, offered at `offset == size` (shared policy).
     Shared { digest: Digest, size: u64 },
-    /// Committed or failed beyond repair; every call errors.
-    Done,
+    /// Committed (with the blob's digest) or failed beyond repair; writes error.
+    Done(Option<Digest>),
 }
 
 struct LocalWriter {
@@ -880,7 +880,7 @@ fn write_into(state: &mut WriterState, data: &[u8], guard: &RefGuard, interval: 
     if let Err(e) = written {
         // The hasher has seen bytes that may not be on disk: the ingest must be resumed
         // from its checkpoint, so refuse further use of this writer.
-        *state = WriterState::Done;
+        *state = WriterState::Done(None);
         return Err(Error::io("write ingest data", &path, e));
     }
     let WriterState::Ingest(st) = state else {
@@ -902,7 +902,7 @@ impl Writer for LocalWriter {
         let offset = match &self.state {
             WriterState::Ingest(st) => st.offset,
             WriterState::Shared { size, .. } => *size,
-            WriterState::Done => return Err(Error::precondition("writer is closed")),
+            WriterState::Done(_) => return Err(Error::precondition("writer is closed")),
         };
         Ok(Status {
             r#ref: self.r#ref.clone(),
@@ -918,7 +918,8 @@ impl Writer for LocalWriter {
         match &self.state {
             WriterState::Ingest(st) => sha256_digest(&st.hasher),
             WriterState::Shared { digest, .. } => digest.clone(),
-            WriterState::Done => sha256_digest(&Sha256::new()),
+            WriterState::Done(Some(d)) => d.clone(),
+            WriterState::Done(None) => sha256_digest(&Sha256::new()),
         }
     }
 
@@ -964,7 +965,7 @@ impl Writer for LocalWriter {
             labels: meta::labels_to_map(&labels),
         };
         let st = match &mut self.state {
-            WriterState::Done => return Err(Error::precondition("writer is closed")),
+            WriterState::Done(_) => return Err(Error::precondition("writer is closed")),
             WriterState::Shared { digest, size: have } => {
                 if size != 0 && size != *have {
                     return Err(Error::precondition(format!(
@@ -988,7 +989,7 @@ impl Writer for LocalWriter {
                 let _shared = inner.gc_lock.read().unwrap_or_else(|e| e.into_inner());
                 let key = meta::content_key(&ns, &digest.to_string());
                 if inner.meta.exists(&key)? {
-                    self.state = WriterState::Done;
+                    self.state = WriterState::Done(Some(digest.clone()));
                     return Err(Error::already_exists(format!("content {digest}")));
                 }
                 let mut b = WriteBatch::default();
@@ -997,13 +998,19 @@ impl Writer for LocalWriter {
                     b.put(meta::resource_key(&ns, l, "content", &digest.to_string()), b"");
                 }
                 inner.meta.write(b)?;
-                self.state = WriterState::Done;
+                self.state = WriterState::Done(Some(digest.clone()));
                 return Ok(digest);
             }
             WriterState::Ingest(st) => st,
         };
         let data = st.dir.join("data");
-        st.file.sync_data().map_err(io("fdatasync", &data))?;
+        // A checkpoint (fdatasync + digest) rather than a bare fdatasync: should the commit
+        // not finish, the whole ingest resumes instead of restarting.
+        if st.checkpointed != st.offset {
+            st.checkpoint()?;
+        } else {
+            st.file.sync_data().map_err(io("fdatasync", &data))?;
+        }
         if size != 0 && size != st.offset {
             return Err(Error::precondition(format!(
                 "unexpected commit size {}, expected {size}",
@@ -1037,7 +1044,7 @@ impl Writer for LocalWriter {
         }
         if blob.exists() {
             fs::remove_dir_all(&dir).map_err(io("remove ingest", &dir))?;
-            self.state = WriterState::Done;
+            self.state = WriterState::Done(Some(digest.clone()));
             if inner.meta.exists(&ckey)? {
                 inner.meta.write(batch)?;
                 return Err(Error::already_exists(format!("content {digest}")));
@@ -1072,7 +1079,7 @@ impl Writer for LocalWriter {
         batch.delete(meta::pending_key(&dkey));
         inner.meta.write(batch)?;
         store.failpoint("commit-after-record");
-        self.state = WriterState::Done;
+        self.state = WriterState::Done(Some(digest.clone()));
         debug!(%digest, size = rec.size, "committed");
         Ok(digest)
     }
