@@ -28,7 +28,7 @@ pub(crate) struct Client {
 }
 
 /// Turns a gRPC status into an error that reads like the rest of the chain.
-fn rpc(what: &str, s: tonic::Status) -> anyhow::Error {
+fn rpc(what: &str, s: &tonic::Status) -> anyhow::Error {
     anyhow!("{} ({:?})", s.message(), s.code()).context(what.to_owned())
 }
 
@@ -36,13 +36,16 @@ impl Client {
     /// Connects to the daemon's unix socket.
     pub(crate) async fn connect(address: &Path, namespace: &str) -> anyhow::Result<Self> {
         let path = address.to_owned();
-        let channel = Endpoint::try_from("http://strata.invalid")?
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-            }))
-            .await
-            .with_context(|| format!("connect to strata daemon at {}", address.display()))?;
+        let channel =
+            Endpoint::try_from("http://strata.invalid")?
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
+                }))
+                .await
+                .with_context(|| format!("connect to strata daemon at {}", address.display()))?;
         Ok(Client {
             channel,
             namespace: namespace.to_owned(),
@@ -51,10 +54,10 @@ impl Client {
 
     fn req<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
-        if !self.namespace.is_empty() {
-            if let Ok(v) = self.namespace.parse() {
-                r.metadata_mut().insert(NAMESPACE_HEADER, v);
-            }
+        if !self.namespace.is_empty()
+            && let Ok(v) = self.namespace.parse()
+        {
+            r.metadata_mut().insert(NAMESPACE_HEADER, v);
         }
         r
     }
@@ -74,7 +77,7 @@ impl Client {
         let r = AdminClient::new(self.channel.clone())
             .garbage_collect(())
             .await
-            .map_err(|s| rpc("garbage collect", s))?
+            .map_err(|s| rpc("garbage collect", &s))?
             .into_inner();
         println!(
             "removed {} records, {} blobs, {} ingests, {} leases",
@@ -88,9 +91,13 @@ impl Client {
         let r = AdminClient::new(self.channel.clone())
             .version(())
             .await
-            .map_err(|s| rpc("version", s))?
+            .map_err(|s| rpc("version", &s))?
             .into_inner();
-        println!("strata {} (client {})", r.version, env!("CARGO_PKG_VERSION"));
+        println!(
+            "strata {} (client {})",
+            r.version,
+            env!("CARGO_PKG_VERSION")
+        );
         println!("root: {}", r.root);
         for s in r.services {
             println!("serves: {s}");
@@ -145,7 +152,11 @@ fn human_size(n: i64) -> String {
 fn labels_str(l: &HashMap<String, String>) -> String {
     let mut v: Vec<_> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
     v.sort();
-    if v.is_empty() { "-".into() } else { v.join(",") }
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.join(",")
+    }
 }
 
 /// `strata content ...`
@@ -217,13 +228,13 @@ impl ContentCmd {
                 let mut s = cc
                     .list(c.req(pb::ListContentRequest { filters }))
                     .await
-                    .map_err(|s| rpc("list content", s))?
+                    .map_err(|s| rpc("list content", &s))?
                     .into_inner();
                 let mut out = std::io::stdout().lock();
                 if !quiet {
                     writeln!(out, "DIGEST\tSIZE\tAGE\tLABELS")?;
                 }
-                while let Some(m) = s.message().await.map_err(|s| rpc("list content", s))? {
+                while let Some(m) = s.message().await.map_err(|s| rpc("list content", &s))? {
                     for i in m.info {
                         if quiet {
                             writeln!(out, "{}", i.digest)?;
@@ -249,10 +260,14 @@ impl ContentCmd {
                         size: 0,
                     }))
                     .await
-                    .map_err(|s| rpc(&format!("read {d}"), s))?
+                    .map_err(|s| rpc(&format!("read {d}"), &s))?
                     .into_inner();
                 let mut out = std::io::stdout().lock();
-                while let Some(m) = s.message().await.map_err(|s| rpc(&format!("read {d}"), s))? {
+                while let Some(m) = s
+                    .message()
+                    .await
+                    .map_err(|s| rpc(&format!("read {d}"), &s))?
+                {
                     out.write_all(&m.data)?;
                 }
                 out.flush()?;
@@ -288,7 +303,7 @@ impl ContentCmd {
                         digest: d.to_string(),
                     }))
                     .await
-                    .map_err(|s| rpc(&format!("remove {d}"), s))?;
+                    .map_err(|s| rpc(&format!("remove {d}"), &s))?;
                     println!("{d}");
                 }
             }
@@ -313,7 +328,7 @@ impl ContentCmd {
                         update_mask: Some(prost_types::FieldMask { paths }),
                     }))
                     .await
-                    .map_err(|s| rpc(&format!("label {d}"), s))?
+                    .map_err(|s| rpc(&format!("label {d}"), &s))?
                     .into_inner()
                     .info
                     .unwrap_or_default();
@@ -323,7 +338,7 @@ impl ContentCmd {
                 let r = cc
                     .list_statuses(c.req(pb::ListStatusesRequest { filters }))
                     .await
-                    .map_err(|s| rpc("list ingests", s))?
+                    .map_err(|s| rpc("list ingests", &s))?
                     .into_inner();
                 println!("REF\tSIZE\tTOTAL\tUPDATED");
                 for s in r.statuses {
@@ -337,9 +352,11 @@ impl ContentCmd {
                 }
             }
             ContentCmd::Abort { r#ref } => {
-                cc.abort(c.req(pb::AbortRequest { r#ref: r#ref.clone() }))
-                    .await
-                    .map_err(|s| rpc(&format!("abort {ref}"), s))?;
+                cc.abort(c.req(pb::AbortRequest {
+                    r#ref: r#ref.clone(),
+                }))
+                .await
+                .map_err(|s| rpc(&format!("abort {ref}"), &s))?;
             }
         }
         Ok(())
@@ -362,7 +379,10 @@ pub(crate) async fn ingest(
         action: pb::WriteAction::Stat as i32,
         r#ref: r#ref.to_owned(),
         total: size,
-        expected: expected.as_ref().map(ToString::to_string).unwrap_or_default(),
+        expected: expected
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         ..Default::default()
     })
     .await?;
@@ -370,7 +390,7 @@ pub(crate) async fn ingest(
         .content()
         .write(c.req(ReceiverStream::new(rx)))
         .await
-        .map_err(|s| rpc(&what, s))?
+        .map_err(|s| rpc(&what, &s))?
         .into_inner();
     let stat = match resp.message().await {
         Ok(Some(m)) => m,
@@ -378,9 +398,9 @@ pub(crate) async fn ingest(
         Err(s) if s.code() == Code::AlreadyExists => {
             return expected
                 .map(|d| d.to_string())
-                .ok_or_else(|| rpc(&what, s));
+                .ok_or_else(|| rpc(&what, &s));
         }
-        Err(s) => return Err(rpc(&what, s)),
+        Err(s) => return Err(rpc(&what, &s)),
     };
     let resume = u64::try_from(stat.offset).unwrap_or(0);
     // Read stdin on a blocking thread; the channel gives back-pressure.
@@ -420,17 +440,17 @@ pub(crate) async fn ingest(
         let n = data.len() as u64;
         if tx
             .send(pb::WriteContentRequest {
-            action: pb::WriteAction::Write as i32,
-            offset: i64::try_from(offset)?,
-            data,
-            ..Default::default()
-        })
-        .await
-        .is_err()
+                action: pb::WriteAction::Write as i32,
+                offset: i64::try_from(offset)?,
+                data,
+                ..Default::default()
+            })
+            .await
+            .is_err()
         {
             // The daemon ended the stream; its reason is on the response side.
             return Err(match resp.message().await {
-                Err(s) => rpc(&what, s),
+                Err(s) => rpc(&what, &s),
                 Ok(_) => anyhow!("{what}: stream closed by the daemon"),
             });
         }
@@ -438,7 +458,7 @@ pub(crate) async fn ingest(
         in_flight += 1;
         // Keep a few writes in flight; every write gets one response.
         while in_flight > 4 {
-            resp.message().await.map_err(|s| rpc(&what, s))?;
+            resp.message().await.map_err(|s| rpc(&what, &s))?;
             in_flight -= 1;
         }
     }
@@ -446,7 +466,10 @@ pub(crate) async fn ingest(
         action: pb::WriteAction::Commit as i32,
         offset: i64::try_from(offset)?,
         total: i64::try_from(offset)?,
-        expected: expected.as_ref().map(ToString::to_string).unwrap_or_default(),
+        expected: expected
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         labels,
         ..Default::default()
     })
@@ -454,7 +477,7 @@ pub(crate) async fn ingest(
     .map_err(|_| anyhow!("{what}: stream closed by the daemon"))?;
     drop(tx);
     let mut last = None;
-    while let Some(m) = resp.message().await.map_err(|s| rpc(&what, s))? {
+    while let Some(m) = resp.message().await.map_err(|s| rpc(&what, &s))? {
         last = Some(m);
     }
     let last = last.ok_or_else(|| anyhow!("{what}: no commit response"))?;
@@ -527,7 +550,7 @@ impl LeasesCmd {
                 let r = lc
                     .list(c.req(lpb::ListRequest { filters }))
                     .await
-                    .map_err(|s| rpc("list leases", s))?
+                    .map_err(|s| rpc("list leases", &s))?
                     .into_inner();
                 println!("ID\tCREATED AT\tLABELS");
                 for l in r.leases {
@@ -564,7 +587,7 @@ impl LeasesCmd {
                 let r = lc
                     .create(c.req(lpb::CreateRequest { id, labels: map }))
                     .await
-                    .map_err(|s| rpc("create lease", s))?
+                    .map_err(|s| rpc("create lease", &s))?
                     .into_inner();
                 println!("{}", r.lease.unwrap_or_default().id);
             }
@@ -575,7 +598,7 @@ impl LeasesCmd {
                         sync,
                     }))
                     .await
-                    .map_err(|s| rpc(&format!("delete lease {id}"), s))?;
+                    .map_err(|s| rpc(&format!("delete lease {id}"), &s))?;
                     println!("{id}");
                 }
             }

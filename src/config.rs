@@ -71,9 +71,13 @@ impl Default for ContentConfig {
 impl Config {
     /// Reads and parses `path` (at most 1 MiB).
     pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("read config {}", path.display()))?;
-        anyhow::ensure!(meta.len() <= 1 << 20, "config {} is larger than 1 MiB", path.display());
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("read config {}", path.display()))?;
+        anyhow::ensure!(
+            meta.len() <= 1 << 20,
+            "config {} is larger than 1 MiB",
+            path.display()
+        );
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))

@@ -104,14 +104,14 @@ fn lock_root(root: &Path) -> anyhow::Result<RootLock> {
 }
 
 fn bind_socket(address: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = address.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("create socket directory {}", dir.display()))?;
-        }
+    if let Some(dir) = address.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("create socket directory {}", dir.display()))?;
     }
     if address.exists() {
         if std::os::unix::net::UnixStream::connect(address).is_ok() {

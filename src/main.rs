@@ -21,7 +21,13 @@ struct Args {
     #[arg(long, global = true, env = "STRATA_ADDRESS")]
     address: Option<PathBuf>,
     /// containerd namespace of requests ("" = the global space).
-    #[arg(short = 'n', long, global = true, env = "STRATA_NAMESPACE", default_value = "default")]
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        env = "STRATA_NAMESPACE",
+        default_value = "default"
+    )]
     namespace: String,
     #[command(subcommand)]
     command: Command,
@@ -55,7 +61,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: start runtime: {e}");

@@ -13,7 +13,10 @@ use strata_content::testsuite::digest_of;
 fn harness(env: &[(&str, &str)], args: &[&str]) -> String {
     let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/harness/lib.sh");
     let mut cmd = Command::new("bash");
-    cmd.arg("-c").arg(format!("source {lib}; \"$@\"")).arg("_").args(args);
+    cmd.arg("-c")
+        .arg(format!("source {lib}; \"$@\""))
+        .arg("_")
+        .args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -46,7 +49,10 @@ fn read_file(p: &Path) -> String {
 #[test]
 fn containerd_pulls_into_strata() {
     // Short path: unix socket paths are limited to 108 bytes.
-    let dir = tempfile::Builder::new().prefix("sct").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("sct")
+        .tempdir_in("/tmp")
+        .unwrap();
     let wd = dir.path().to_str().unwrap().to_owned();
     let _cleanup = Cleanup(dir.path());
     let d = Daemon::start(dir.path(), &[]);
@@ -57,7 +63,13 @@ fn containerd_pulls_into_strata() {
     // A few MiB of extra data so the layer spans many Write and Read messages.
     harness(
         &[("STRATA_IMAGE_EXTRA_KIB", "3072")],
-        &["build_push_test_image", &wd, &registry, "strata/demo:1", "hello from strata"],
+        &[
+            "build_push_test_image",
+            &wd,
+            &registry,
+            "strata/demo:1",
+            "hello from strata",
+        ],
     );
     let manifest = read_file(&dir.path().join("manifest.digest"));
     let config = read_file(&dir.path().join("config.digest"));
@@ -70,14 +82,22 @@ fn containerd_pulls_into_strata() {
     // Every blob of the image is in strata's global space, byte-exact.
     let listed = stdout(&d.cli(&["-n", "", "content", "ls", "-q"]));
     for dg in [&manifest, &config, &layer] {
-        assert!(listed.contains(dg.as_str()), "{dg} missing from strata: {listed}");
+        assert!(
+            listed.contains(dg.as_str()),
+            "{dg} missing from strata: {listed}"
+        );
         let out = d.cli(&["-n", "", "content", "get", dg]);
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(&digest_of(&out.stdout).to_string(), dg, "bytes of {dg}");
     }
     // Nothing leaked into strata's own namespaces, and no ingest is left.
     assert!(stdout(&d.cli(&["content", "ls", "-q"])).trim().is_empty());
-    assert_eq!(stdout(&d.cli(&["-n", "", "content", "active"])).lines().count(), 1);
+    assert_eq!(
+        stdout(&d.cli(&["-n", "", "content", "active"]))
+            .lines()
+            .count(),
+        1
+    );
 
     // The container's rootfs was unpacked from blobs read back out of strata.
     let run = harness(&[], &["ctr_run", &wd, &image, "strata-e2e"]);
@@ -86,12 +106,18 @@ fn containerd_pulls_into_strata() {
     // strata's own GC never collects what containerd stored.
     assert!(d.cli(&["gc"]).status.success());
     let listed = stdout(&d.cli(&["-n", "", "content", "ls", "-q"]));
-    assert!(listed.contains(layer.as_str()), "strata GC removed containerd's blob");
+    assert!(
+        listed.contains(layer.as_str()),
+        "strata GC removed containerd's blob"
+    );
 
     // containerd's GC deletes through strata's API.
     harness(&[], &["ctr_cmd", &wd, "images", "rm", "--sync", &image]);
     let listed = stdout(&d.cli(&["-n", "", "content", "ls", "-q"]));
     for dg in [&manifest, &config, &layer] {
-        assert!(!listed.contains(dg.as_str()), "{dg} should be gone after containerd's GC: {listed}");
+        assert!(
+            !listed.contains(dg.as_str()),
+            "{dg} should be gone after containerd's GC: {listed}"
+        );
     }
 }

@@ -14,8 +14,14 @@ fn serve_lifecycle_and_exclusive_root() {
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start(dir.path(), &[]);
     let sock_dir = d.sock.parent().unwrap();
-    assert_eq!(std::fs::metadata(sock_dir).unwrap().permissions().mode() & 0o777, 0o700);
-    assert_eq!(std::fs::metadata(&d.root).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(sock_dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(&d.root).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
 
     // A second daemon on the same root fails fast and leaves the first one serving.
     let out = std::process::Command::new(common::BIN)
@@ -26,7 +32,11 @@ fn serve_lifecycle_and_exclusive_root() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("in use by another strata daemon"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("in use by another strata daemon"),
+        "{}",
+        stderr(&out)
+    );
     // And one on the same socket too.
     let out = std::process::Command::new(common::BIN)
         .args(["serve", "--root"])
@@ -55,38 +65,72 @@ fn cli_content_and_leases() {
     let data = content(3 << 20, 1);
     let digest = digest_of(&data);
     let out = d.cli_stdin(
-        &["content", "ingest", "--ref", "cli-1", "--expected", &digest.to_string(), "--label", "a=b"],
+        &[
+            "content",
+            "ingest",
+            "--ref",
+            "cli-1",
+            "--expected",
+            &digest.to_string(),
+            "--label",
+            "a=b",
+        ],
         &data,
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), digest.to_string());
 
     let ls = stdout(&d.cli(&["content", "ls"]));
-    assert!(ls.contains(&digest.to_string()) && ls.contains("a=b"), "{ls}");
-    assert!(ls.contains("containerd.io/gc.root="), "CLI ingests are GC roots: {ls}");
+    assert!(
+        ls.contains(&digest.to_string()) && ls.contains("a=b"),
+        "{ls}"
+    );
+    assert!(
+        ls.contains("containerd.io/gc.root="),
+        "CLI ingests are GC roots: {ls}"
+    );
     let got = d.cli(&["content", "get", &digest.to_string()]);
     assert!(got.status.success());
     assert!(got.stdout == data, "get returns the bytes");
 
     // Other namespaces do not see it; the global space (what containerd uses) does.
-    assert!(stdout(&d.cli(&["-n", "other", "content", "ls", "-q"])).trim().is_empty());
+    assert!(
+        stdout(&d.cli(&["-n", "other", "content", "ls", "-q"]))
+            .trim()
+            .is_empty()
+    );
     assert!(stdout(&d.cli(&["-n", "", "content", "ls", "-q"])).contains(&digest.to_string()));
 
     let out = d.cli(&["content", "label", &digest.to_string(), "a=", "c=d"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let ls = stdout(&d.cli(&["content", "ls", "labels.c==d"]));
-    assert!(ls.contains(&digest.to_string()) && !ls.contains("a=b"), "{ls}");
+    assert!(
+        ls.contains(&digest.to_string()) && !ls.contains("a=b"),
+        "{ls}"
+    );
 
     // Wrong expected digest: a clear error with its cause, nothing committed.
     let wrong = digest_of(b"other");
     let out = d.cli_stdin(
-        &["content", "ingest", "--ref", "cli-2", "--expected", &wrong.to_string()],
+        &[
+            "content",
+            "ingest",
+            "--ref",
+            "cli-2",
+            "--expected",
+            &wrong.to_string(),
+        ],
         b"some bytes",
     );
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("unexpected commit digest") && err.contains("FailedPrecondition"), "{err}");
-    assert!(!stdout(&d.cli(&["content", "ls", "-q"])).contains(&digest_of(b"some bytes").to_string()));
+    assert!(
+        err.contains("unexpected commit digest") && err.contains("FailedPrecondition"),
+        "{err}"
+    );
+    assert!(
+        !stdout(&d.cli(&["content", "ls", "-q"])).contains(&digest_of(b"some bytes").to_string())
+    );
     assert!(stdout(&d.cli(&["content", "active"])).contains("cli-2"));
     assert!(d.cli(&["content", "abort", "cli-2"]).status.success());
 
@@ -99,19 +143,43 @@ fn cli_content_and_leases() {
     ] {
         let out = d.cli(&args);
         assert!(!out.status.success(), "{args:?} should fail");
-        assert!(stderr(&out).starts_with("error: "), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).starts_with("error: "),
+            "{args:?}: {}",
+            stderr(&out)
+        );
     }
 
     // Leases.
-    let out = d.cli(&["leases", "create", "--id", "l1", "--label", "x=y", "--expires-in", "3600"]);
+    let out = d.cli(&[
+        "leases",
+        "create",
+        "--id",
+        "l1",
+        "--label",
+        "x=y",
+        "--expires-in",
+        "3600",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let ls = stdout(&d.cli(&["leases", "ls"]));
-    assert!(ls.contains("l1") && ls.contains("containerd.io/gc.expire="), "{ls}");
+    assert!(
+        ls.contains("l1") && ls.contains("containerd.io/gc.expire="),
+        "{ls}"
+    );
     assert!(d.cli(&["leases", "rm", "l1"]).status.success());
     assert!(!d.cli(&["leases", "rm", "l1"]).status.success());
 
-    assert!(d.cli(&["content", "rm", &digest.to_string()]).status.success());
-    assert!(!d.cli(&["content", "get", &digest.to_string()]).status.success());
+    assert!(
+        d.cli(&["content", "rm", &digest.to_string()])
+            .status
+            .success()
+    );
+    assert!(
+        !d.cli(&["content", "get", &digest.to_string()])
+            .status
+            .success()
+    );
     assert!(d.cli(&["gc"]).status.success());
 }
 
@@ -129,7 +197,11 @@ fn kill9_during_ingest_resumes() {
         let c = d.client(&rt);
         strata_content::testsuite::write_blob(&c, &ns, "keep", &keep, Labels::new()).unwrap()
     };
-    let opts = WriterOptions { r#ref: "big".into(), total: data.len() as u64, expected: Some(digest.clone()) };
+    let opts = WriterOptions {
+        r#ref: "big".into(),
+        total: data.len() as u64,
+        expected: Some(digest.clone()),
+    };
     {
         let c = d.client(&rt);
         let mut w = c.writer(&ns, opts.clone()).unwrap();
@@ -142,35 +214,67 @@ fn kill9_during_ingest_resumes() {
     let c = d.client(&rt);
     let mut w = c.writer(&ns, opts).unwrap();
     let off = w.status().unwrap().offset as usize;
-    assert!(off > 0 && off <= 100 << 20, "resumes from a durable checkpoint, got {off}");
-    assert_eq!(w.digest(), digest_of(&data[..off]), "resumed prefix verifies");
+    assert!(
+        off > 0 && off <= 100 << 20,
+        "resumes from a durable checkpoint, got {off}"
+    );
+    assert_eq!(
+        w.digest(),
+        digest_of(&data[..off]),
+        "resumed prefix verifies"
+    );
     w.write(&data[off..]).unwrap();
-    assert_eq!(w.commit(data.len() as u64, Some(&digest), Labels::new()).unwrap(), digest);
+    assert_eq!(
+        w.commit(data.len() as u64, Some(&digest), Labels::new())
+            .unwrap(),
+        digest
+    );
     w.close().unwrap();
     assert_eq!(c.info(&ns, &digest).unwrap().size, data.len() as u64);
-    assert_eq!(strata_content::api::read_all(&c, &ns, &keep_d).unwrap(), keep);
+    assert_eq!(
+        strata_content::api::read_all(&c, &ns, &keep_d).unwrap(),
+        keep
+    );
 }
 
 #[test]
 fn kill9_during_commit_leaves_old_or_new_state() {
-    for point in ["commit-before-rename", "commit-after-rename", "commit-after-record"] {
+    for point in [
+        "commit-before-rename",
+        "commit-after-rename",
+        "commit-after-record",
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let mut d = Daemon::start(dir.path(), &[]);
         let rt = runtime();
         let ns = Scope::ns("default");
         let keep = content(4096, 10);
-        let keep_d = strata_content::testsuite::write_blob(&d.client(&rt), &ns, "keep", &keep, Labels::new()).unwrap();
+        let keep_d = strata_content::testsuite::write_blob(
+            &d.client(&rt),
+            &ns,
+            "keep",
+            &keep,
+            Labels::new(),
+        )
+        .unwrap();
         d.kill9();
         d.restart(&[("STRATA_FAILPOINT", point)]);
 
         let data = content(5 << 20, 11);
         let digest = digest_of(&data);
         let c = d.client(&rt);
-        let opts = WriterOptions { r#ref: "layer".into(), total: data.len() as u64, expected: Some(digest.clone()) };
+        let opts = WriterOptions {
+            r#ref: "layer".into(),
+            total: data.len() as u64,
+            expected: Some(digest.clone()),
+        };
         let mut w = c.writer(&ns, opts.clone()).unwrap();
         w.write(&data).unwrap();
         let res = w.commit(data.len() as u64, Some(&digest), Labels::new());
-        assert!(res.is_err(), "{point}: the daemon died before acknowledging");
+        assert!(
+            res.is_err(),
+            "{point}: the daemon died before acknowledging"
+        );
         drop(w);
         let st = d.wait_exit(Duration::from_secs(10));
         assert!(!st.success(), "{point}: killed");
@@ -181,8 +285,16 @@ fn kill9_during_commit_leaves_old_or_new_state() {
             Ok(info) => {
                 // New state: the blob is whole and the ingest is gone.
                 assert_eq!(info.size, data.len() as u64, "{point}");
-                assert_eq!(strata_content::api::read_all(&c, &ns, &digest).unwrap(), data, "{point}");
-                assert_eq!(c.status(&ns, "layer").unwrap_err().kind(), ErrorKind::NotFound, "{point}");
+                assert_eq!(
+                    strata_content::api::read_all(&c, &ns, &digest).unwrap(),
+                    data,
+                    "{point}"
+                );
+                assert_eq!(
+                    c.status(&ns, "layer").unwrap_err().kind(),
+                    ErrorKind::NotFound,
+                    "{point}"
+                );
                 assert_ne!(point, "commit-before-rename");
             }
             Err(e) => {
@@ -190,12 +302,24 @@ fn kill9_during_commit_leaves_old_or_new_state() {
                 assert_eq!(e.kind(), ErrorKind::NotFound, "{point}");
                 assert_eq!(point, "commit-before-rename");
                 let mut w = c.writer(&ns, opts).unwrap();
-                assert_eq!(w.status().unwrap().offset, data.len() as u64, "{point}: ingest kept");
-                assert_eq!(w.commit(data.len() as u64, Some(&digest), Labels::new()).unwrap(), digest);
+                assert_eq!(
+                    w.status().unwrap().offset,
+                    data.len() as u64,
+                    "{point}: ingest kept"
+                );
+                assert_eq!(
+                    w.commit(data.len() as u64, Some(&digest), Labels::new())
+                        .unwrap(),
+                    digest
+                );
                 w.close().unwrap();
             }
         }
-        assert_eq!(strata_content::api::read_all(&c, &ns, &keep_d).unwrap(), keep, "{point}");
+        assert_eq!(
+            strata_content::api::read_all(&c, &ns, &keep_d).unwrap(),
+            keep,
+            "{point}"
+        );
         assert!(d.logs().contains("failpoint reached"), "{point}");
     }
 }

@@ -79,7 +79,10 @@ fn make_input(path: &Path, size: usize) -> anyhow::Result<String> {
         .output()
         .context("run openssl")?;
     let hex = String::from_utf8(out.stdout)?;
-    Ok(format!("sha256:{}", hex.split_whitespace().next().unwrap_or_default()))
+    Ok(format!(
+        "sha256:{}",
+        hex.split_whitespace().next().unwrap_or_default()
+    ))
 }
 
 fn time_openssl(path: &Path) -> anyhow::Result<Duration> {
@@ -118,7 +121,11 @@ fn time_in_process(store: &LocalStore, input: &Path, run: usize) -> anyhow::Resu
     Ok(el)
 }
 
-async fn time_grpc(client: &ContentClient<tonic::transport::Channel>, input: &Path, run: usize) -> anyhow::Result<Duration> {
+async fn time_grpc(
+    client: &ContentClient<tonic::transport::Channel>,
+    input: &Path,
+    run: usize,
+) -> anyhow::Result<Duration> {
     let mut client = client.clone();
     let (tx, rx) = mpsc::channel(8);
     let input = input.to_owned();
@@ -130,7 +137,8 @@ async fn time_grpc(client: &ContentClient<tonic::transport::Channel>, input: &Pa
     })
     .await?;
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
-    req.metadata_mut().insert("containerd-namespace", "bench".parse()?);
+    req.metadata_mut()
+        .insert("containerd-namespace", "bench".parse()?);
     let mut resp = client.write(req).await?.into_inner();
     resp.message().await?;
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
@@ -167,22 +175,30 @@ async fn time_grpc(client: &ContentClient<tonic::transport::Channel>, input: &Pa
     let el = t.elapsed();
     let digest = last.context("no commit response")?.digest;
     let mut del = tonic::Request::new(pb::DeleteContentRequest { digest });
-    del.metadata_mut().insert("containerd-namespace", "bench".parse()?);
+    del.metadata_mut()
+        .insert("containerd-namespace", "bench".parse()?);
     client.delete(del).await?;
     Ok(el)
 }
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let base = args.dir.clone().unwrap_or_else(|| PathBuf::from("/var/tmp"));
-    let dir = tempfile::Builder::new().prefix("strata-ingest-bench").tempdir_in(&base)?;
+    let base = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    let dir = tempfile::Builder::new()
+        .prefix("strata-ingest-bench")
+        .tempdir_in(&base)?;
     let size = args.size_mib * CHUNK;
     let input = dir.path().join("input.bin");
     eprintln!("writing {} MiB input to {}", args.size_mib, input.display());
     let want = make_input(&input, size)?;
     let store = LocalStore::open(&dir.path().join("root"), StoreOptions::default())?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let sock = dir.path().join("bench.sock");
     let client = rt.block_on(async {
         let listener = UnixListener::bind(&sock)?;
@@ -207,7 +223,13 @@ fn main() -> anyhow::Result<()> {
     })?;
 
     // Check correctness once before timing.
-    let mut check = store.writer(&Scope::ns("bench"), WriterOptions { r#ref: "check".into(), ..Default::default() })?;
+    let mut check = store.writer(
+        &Scope::ns("bench"),
+        WriterOptions {
+            r#ref: "check".into(),
+            ..Default::default()
+        },
+    )?;
     let mut f = File::open(&input)?;
     let mut buf = vec![0u8; 4 * CHUNK];
     loop {
@@ -229,9 +251,17 @@ fn main() -> anyhow::Result<()> {
     }
     let bytes = size as u64;
     let (f, i, g) = (median(floor), median(inproc), median(grpc));
-    println!("ingest of {} MiB, median of {} runs (digest {want})", args.size_mib, args.runs);
+    println!(
+        "ingest of {} MiB, median of {} runs (digest {want})",
+        args.size_mib, args.runs
+    );
     println!("{:<28} {:>10} {:>10}", "path", "MB/s", "vs floor");
-    println!("{:<28} {:>10.0} {:>10.2}", "openssl dgst -sha256 (floor)", mbps(bytes, f), 1.0);
+    println!(
+        "{:<28} {:>10.0} {:>10.2}",
+        "openssl dgst -sha256 (floor)",
+        mbps(bytes, f),
+        1.0
+    );
     println!(
         "{:<28} {:>10.0} {:>10.2}",
         "strata in-process ingest",

@@ -283,8 +283,13 @@ pub trait Manager: Send + Sync {
     ///
     /// # Contract
     /// `InvalidArgument` for any other field path; `NotFound` when the blob is not visible.
-    fn update(&self, scope: &Scope, digest: &Digest, labels: Labels, fieldpaths: &[String])
-    -> Result<Info>;
+    fn update(
+        &self,
+        scope: &Scope,
+        digest: &Digest,
+        labels: Labels,
+        fieldpaths: &[String],
+    ) -> Result<Info>;
 
     /// Calls `f` for every visible blob matching `filters` (fields `digest`, `size`,
     /// `labels.*`).

@@ -21,8 +21,8 @@ use tonic::transport::Channel;
 use tonic::{Request, Streaming};
 
 use crate::api::{
-    Info, IngestManager, Ingester, Labels, Lease, LeaseManager, Manager, Provider, Resource,
-    Scope, Status, Writer, WriterOptions,
+    Info, IngestManager, Ingester, Labels, Lease, LeaseManager, Manager, Provider, Resource, Scope,
+    Status, Writer, WriterOptions,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -51,15 +51,15 @@ impl GrpcStore {
 pub(crate) fn request<T>(scope: &Scope, msg: T) -> Request<T> {
     let mut req = Request::new(msg);
     let md = req.metadata_mut();
-    if let Some(ns) = &scope.namespace {
-        if let Ok(v) = ns.as_str().parse() {
-            md.insert(NAMESPACE_HEADER, v);
-        }
+    if let Some(ns) = &scope.namespace
+        && let Ok(v) = ns.as_str().parse()
+    {
+        md.insert(NAMESPACE_HEADER, v);
     }
-    if let Some(l) = &scope.lease {
-        if let Ok(v) = l.parse() {
-            md.insert(LEASE_HEADER, v);
-        }
+    if let Some(l) = &scope.lease
+        && let Ok(v) = l.parse()
+    {
+        md.insert(LEASE_HEADER, v);
     }
     req
 }
@@ -68,8 +68,16 @@ fn info_from(i: pb::Info) -> Result<Info> {
     Ok(Info {
         digest: parse_digest(&i.digest)?,
         size: u64::try_from(i.size).unwrap_or(0),
-        created_at: i.created_at.as_ref().map(from_timestamp).unwrap_or(std::time::UNIX_EPOCH),
-        updated_at: i.updated_at.as_ref().map(from_timestamp).unwrap_or(std::time::UNIX_EPOCH),
+        created_at: i
+            .created_at
+            .as_ref()
+            .map(from_timestamp)
+            .unwrap_or(std::time::UNIX_EPOCH),
+        updated_at: i
+            .updated_at
+            .as_ref()
+            .map(from_timestamp)
+            .unwrap_or(std::time::UNIX_EPOCH),
         labels: i.labels.into_iter().collect(),
     })
 }
@@ -83,8 +91,16 @@ fn status_from(s: pb::Status) -> Result<Status> {
             "" => None,
             d => Some(parse_digest(d)?),
         },
-        started_at: s.started_at.as_ref().map(from_timestamp).unwrap_or(std::time::UNIX_EPOCH),
-        updated_at: s.updated_at.as_ref().map(from_timestamp).unwrap_or(std::time::UNIX_EPOCH),
+        started_at: s
+            .started_at
+            .as_ref()
+            .map(from_timestamp)
+            .unwrap_or(std::time::UNIX_EPOCH),
+        updated_at: s
+            .updated_at
+            .as_ref()
+            .map(from_timestamp)
+            .unwrap_or(std::time::UNIX_EPOCH),
     })
 }
 
@@ -101,7 +117,11 @@ fn labels_out(l: &Labels) -> HashMap<String, String> {
 fn lease_from(l: lpb::Lease) -> Lease {
     Lease {
         id: l.id,
-        created_at: l.created_at.as_ref().map(from_timestamp).unwrap_or(std::time::UNIX_EPOCH),
+        created_at: l
+            .created_at
+            .as_ref()
+            .map(from_timestamp)
+            .unwrap_or(std::time::UNIX_EPOCH),
         labels: l.labels.into_iter().collect(),
     }
 }
@@ -109,11 +129,17 @@ fn lease_from(l: lpb::Lease) -> Lease {
 impl Provider for GrpcStore {
     fn info(&self, scope: &Scope, digest: &Digest) -> Result<Info> {
         let mut c = self.content.clone();
-        let req = request(scope, pb::InfoRequest {
-            digest: digest.to_string(),
-        });
+        let req = request(
+            scope,
+            pb::InfoRequest {
+                digest: digest.to_string(),
+            },
+        );
         let resp = self.rt.block_on(c.info(req))?.into_inner();
-        info_from(resp.info.ok_or_else(|| Error::new(ErrorKind::DataLoss, "info response is empty"))?)
+        info_from(
+            resp.info
+                .ok_or_else(|| Error::new(ErrorKind::DataLoss, "info response is empty"))?,
+        )
     }
 
     fn read_at(
@@ -124,11 +150,15 @@ impl Provider for GrpcStore {
         buf: &mut [u8],
     ) -> Result<usize> {
         let mut c = self.content.clone();
-        let req = request(scope, pb::ReadContentRequest {
-            digest: digest.to_string(),
-            offset: i64::try_from(offset).map_err(|_| Error::new(ErrorKind::OutOfRange, "offset"))?,
-            size: i64::try_from(buf.len()).unwrap_or(i64::MAX),
-        });
+        let req = request(
+            scope,
+            pb::ReadContentRequest {
+                digest: digest.to_string(),
+                offset: i64::try_from(offset)
+                    .map_err(|_| Error::new(ErrorKind::OutOfRange, "offset"))?,
+                size: i64::try_from(buf.len()).unwrap_or(i64::MAX),
+            },
+        );
         self.rt.block_on(async {
             let mut stream = c.read(req).await?.into_inner();
             let mut n = 0;
@@ -238,9 +268,8 @@ impl Writer for GrpcWriter {
         // stream ends only after that, so waiting for the end means the ref is free.
         self.tx = None;
         let rx = &mut self.rx;
-        self.rt.block_on(async move {
-            while let Ok(Some(_)) = rx.message().await {}
-        });
+        self.rt
+            .block_on(async move { while let Ok(Some(_)) = rx.message().await {} });
         Ok(())
     }
 }
@@ -253,7 +282,11 @@ impl Ingester for GrpcStore {
             action: pb::WriteAction::Stat as i32,
             r#ref: opts.r#ref.clone(),
             total: i64::try_from(opts.total).unwrap_or(i64::MAX),
-            expected: opts.expected.as_ref().map(ToString::to_string).unwrap_or_default(),
+            expected: opts
+                .expected
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             ..Default::default()
         };
         let req = request(scope, ReceiverStream::new(rx));
@@ -265,14 +298,23 @@ impl Ingester for GrpcStore {
             let first = s.message().await?;
             Ok::<_, Error>((s, first))
         })?;
-        let first = first.ok_or_else(|| Error::new(ErrorKind::Unavailable, "write stream ended"))?;
+        let first =
+            first.ok_or_else(|| Error::new(ErrorKind::Unavailable, "write stream ended"))?;
         let status = Status {
             r#ref: opts.r#ref,
             offset: u64::try_from(first.offset).unwrap_or(0),
             total: u64::try_from(first.total).unwrap_or(0),
             expected: opts.expected,
-            started_at: first.started_at.as_ref().map(from_timestamp).unwrap_or(std::time::UNIX_EPOCH),
-            updated_at: first.updated_at.as_ref().map(from_timestamp).unwrap_or(std::time::UNIX_EPOCH),
+            started_at: first
+                .started_at
+                .as_ref()
+                .map(from_timestamp)
+                .unwrap_or(std::time::UNIX_EPOCH),
+            updated_at: first
+                .updated_at
+                .as_ref()
+                .map(from_timestamp)
+                .unwrap_or(std::time::UNIX_EPOCH),
         };
         Ok(Box::new(GrpcWriter {
             rt: self.rt.clone(),
@@ -287,23 +329,39 @@ impl Ingester for GrpcStore {
 impl IngestManager for GrpcStore {
     fn status(&self, scope: &Scope, r: &str) -> Result<Status> {
         let mut c = self.content.clone();
-        let req = request(scope, pb::StatusRequest { r#ref: r.to_owned() });
+        let req = request(
+            scope,
+            pb::StatusRequest {
+                r#ref: r.to_owned(),
+            },
+        );
         let resp = self.rt.block_on(c.status(req))?.into_inner();
-        status_from(resp.status.ok_or_else(|| Error::new(ErrorKind::DataLoss, "status response is empty"))?)
+        status_from(
+            resp.status
+                .ok_or_else(|| Error::new(ErrorKind::DataLoss, "status response is empty"))?,
+        )
     }
 
     fn list_statuses(&self, scope: &Scope, filters: &[String]) -> Result<Vec<Status>> {
         let mut c = self.content.clone();
-        let req = request(scope, pb::ListStatusesRequest {
-            filters: filters.to_vec(),
-        });
+        let req = request(
+            scope,
+            pb::ListStatusesRequest {
+                filters: filters.to_vec(),
+            },
+        );
         let resp = self.rt.block_on(c.list_statuses(req))?.into_inner();
         resp.statuses.into_iter().map(status_from).collect()
     }
 
     fn abort(&self, scope: &Scope, r: &str) -> Result<()> {
         let mut c = self.content.clone();
-        let req = request(scope, pb::AbortRequest { r#ref: r.to_owned() });
+        let req = request(
+            scope,
+            pb::AbortRequest {
+                r#ref: r.to_owned(),
+            },
+        );
         self.rt.block_on(c.abort(req))?;
         Ok(())
     }
@@ -318,18 +376,24 @@ impl Manager for GrpcStore {
         fieldpaths: &[String],
     ) -> Result<Info> {
         let mut c = self.content.clone();
-        let req = request(scope, pb::UpdateRequest {
-            info: Some(pb::Info {
-                digest: digest.to_string(),
-                labels: labels_out(&labels),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: fieldpaths.to_vec(),
-            }),
-        });
+        let req = request(
+            scope,
+            pb::UpdateRequest {
+                info: Some(pb::Info {
+                    digest: digest.to_string(),
+                    labels: labels_out(&labels),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: fieldpaths.to_vec(),
+                }),
+            },
+        );
         let resp = self.rt.block_on(c.update(req))?.into_inner();
-        info_from(resp.info.ok_or_else(|| Error::new(ErrorKind::DataLoss, "update response is empty"))?)
+        info_from(
+            resp.info
+                .ok_or_else(|| Error::new(ErrorKind::DataLoss, "update response is empty"))?,
+        )
     }
 
     fn walk(
@@ -339,9 +403,12 @@ impl Manager for GrpcStore {
         f: &mut dyn FnMut(Info) -> Result<()>,
     ) -> Result<()> {
         let mut c = self.content.clone();
-        let req = request(scope, pb::ListContentRequest {
-            filters: filters.to_vec(),
-        });
+        let req = request(
+            scope,
+            pb::ListContentRequest {
+                filters: filters.to_vec(),
+            },
+        );
         let infos = self.rt.block_on(async {
             let mut s = c.list(req).await?.into_inner();
             let mut all = Vec::new();
@@ -358,9 +425,12 @@ impl Manager for GrpcStore {
 
     fn delete(&self, scope: &Scope, digest: &Digest) -> Result<()> {
         let mut c = self.content.clone();
-        let req = request(scope, pb::DeleteContentRequest {
-            digest: digest.to_string(),
-        });
+        let req = request(
+            scope,
+            pb::DeleteContentRequest {
+                digest: digest.to_string(),
+            },
+        );
         self.rt.block_on(c.delete(req))?;
         Ok(())
     }
@@ -369,10 +439,13 @@ impl Manager for GrpcStore {
 impl LeaseManager for GrpcStore {
     fn create_lease(&self, scope: &Scope, id: &str, labels: Labels) -> Result<Lease> {
         let mut c = self.leases.clone();
-        let req = request(scope, lpb::CreateRequest {
-            id: id.to_owned(),
-            labels: labels_out(&labels),
-        });
+        let req = request(
+            scope,
+            lpb::CreateRequest {
+                id: id.to_owned(),
+                labels: labels_out(&labels),
+            },
+        );
         let resp = self.rt.block_on(c.create(req))?.into_inner();
         Ok(lease_from(resp.lease.ok_or_else(|| {
             Error::new(ErrorKind::DataLoss, "create response is empty")
@@ -381,45 +454,57 @@ impl LeaseManager for GrpcStore {
 
     fn delete_lease(&self, scope: &Scope, id: &str, sync: bool) -> Result<()> {
         let mut c = self.leases.clone();
-        let req = request(scope, lpb::DeleteRequest {
-            id: id.to_owned(),
-            sync,
-        });
+        let req = request(
+            scope,
+            lpb::DeleteRequest {
+                id: id.to_owned(),
+                sync,
+            },
+        );
         self.rt.block_on(c.delete(req))?;
         Ok(())
     }
 
     fn list_leases(&self, scope: &Scope, filters: &[String]) -> Result<Vec<Lease>> {
         let mut c = self.leases.clone();
-        let req = request(scope, lpb::ListRequest {
-            filters: filters.to_vec(),
-        });
+        let req = request(
+            scope,
+            lpb::ListRequest {
+                filters: filters.to_vec(),
+            },
+        );
         let resp = self.rt.block_on(c.list(req))?.into_inner();
         Ok(resp.leases.into_iter().map(lease_from).collect())
     }
 
     fn add_resource(&self, scope: &Scope, id: &str, r: Resource) -> Result<()> {
         let mut c = self.leases.clone();
-        let req = request(scope, lpb::AddResourceRequest {
-            id: id.to_owned(),
-            resource: Some(lpb::Resource {
-                id: r.id,
-                r#type: r.r#type,
-            }),
-        });
+        let req = request(
+            scope,
+            lpb::AddResourceRequest {
+                id: id.to_owned(),
+                resource: Some(lpb::Resource {
+                    id: r.id,
+                    r#type: r.r#type,
+                }),
+            },
+        );
         self.rt.block_on(c.add_resource(req))?;
         Ok(())
     }
 
     fn delete_resource(&self, scope: &Scope, id: &str, r: Resource) -> Result<()> {
         let mut c = self.leases.clone();
-        let req = request(scope, lpb::DeleteResourceRequest {
-            id: id.to_owned(),
-            resource: Some(lpb::Resource {
-                id: r.id,
-                r#type: r.r#type,
-            }),
-        });
+        let req = request(
+            scope,
+            lpb::DeleteResourceRequest {
+                id: id.to_owned(),
+                resource: Some(lpb::Resource {
+                    id: r.id,
+                    r#type: r.r#type,
+                }),
+            },
+        );
         self.rt.block_on(c.delete_resource(req))?;
         Ok(())
     }

@@ -24,7 +24,9 @@ use strata_proto::filter::{Adaptor, label_field};
 use strata_proto::time::{from_nanos, to_nanos};
 use tracing::{debug, info};
 
-use crate::api::{Labels, Lease, LeaseManager, Resource, Scope, validate_identifier, validate_labels};
+use crate::api::{
+    Labels, Lease, LeaseManager, Resource, Scope, validate_identifier, validate_labels,
+};
 use crate::error::{Error, Result};
 use crate::meta::{self, ContentRecord, LeaseRecord, enc};
 use crate::store::{LocalStore, ns_str, parse_filters};
@@ -73,12 +75,16 @@ fn decode_lease(id: String, v: &[u8]) -> Result<Lease> {
 
 fn validate_resource(r: &Resource) -> Result<()> {
     if r.id.is_empty() || r.id.len() > crate::api::MAX_REF_LEN || r.id.contains('\0') {
-        return Err(Error::invalid("lease resource id is empty, too long or has NUL"));
+        return Err(Error::invalid(
+            "lease resource id is empty, too long or has NUL",
+        ));
     }
     let ok = match r.r#type.as_str() {
         "content" => Digest::parse(&r.id).is_ok(),
         "ingests" => crate::api::validate_ref(&r.id).is_ok(),
-        t => t.strip_prefix("snapshots/").is_some_and(|s| !s.is_empty() && !s.contains('\0')),
+        t => t
+            .strip_prefix("snapshots/")
+            .is_some_and(|s| !s.is_empty() && !s.contains('\0')),
     };
     if !ok {
         return Err(Error::invalid(format!(
@@ -163,7 +169,11 @@ impl LeaseManager for LocalStore {
         validate_identifier("lease id", id)?;
         let ns = ns_str(scope);
         {
-            let _excl = self.inner.gc_lock.write().unwrap_or_else(|e| e.into_inner());
+            let _excl = self
+                .inner
+                .gc_lock
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             let key = meta::lease_key(ns, id);
             if !self.inner.meta.exists(&key)? {
                 return Err(Error::not_found(format!("lease {id:?}")));
@@ -255,7 +265,9 @@ impl LocalStore {
         let mut live: Vec<(String, String, bool)> = Vec::new();
         for (k, v) in inner.meta.scan(b"l/")? {
             let tail = String::from_utf8_lossy(&k[2..]).into_owned();
-            let Some((ns, id)) = tail.split_once('/') else { continue };
+            let Some((ns, id)) = tail.split_once('/') else {
+                continue;
+            };
             let lease = decode_lease(id.to_owned(), &v)?;
             let expired = lease
                 .labels
@@ -269,7 +281,11 @@ impl LocalStore {
                 }
                 report.leases += 1;
             } else {
-                live.push((ns.to_owned(), id.to_owned(), lease.labels.contains_key(GC_FLAT)));
+                live.push((
+                    ns.to_owned(),
+                    id.to_owned(),
+                    lease.labels.contains_key(GC_FLAT),
+                ));
             }
         }
         inner.meta.write(batch)?;
@@ -281,7 +297,9 @@ impl LocalStore {
         let mut leased_ingests: HashSet<(String, String)> = HashSet::new();
         for (k, v) in inner.meta.scan(b"c/")? {
             let tail = String::from_utf8_lossy(&k[2..]).into_owned();
-            let Some((ns, d)) = tail.split_once('/') else { continue };
+            let Some((ns, d)) = tail.split_once('/') else {
+                continue;
+            };
             if ns.is_empty() {
                 continue; // the global space is never collected
             }
@@ -338,13 +356,12 @@ impl LocalStore {
         }
         inner.meta.write(batch)?;
         for d in dropped {
-            if !inner.has_any_record(&d)? {
-                if let Ok(digest) = Digest::parse(&d) {
-                    if inner.blob_path(&digest).exists() {
-                        inner.remove_blob_file(&digest)?;
-                        report.blobs += 1;
-                    }
-                }
+            if !inner.has_any_record(&d)?
+                && let Ok(digest) = Digest::parse(&d)
+                && inner.blob_path(&digest).exists()
+            {
+                inner.remove_blob_file(&digest)?;
+                report.blobs += 1;
             }
         }
 
@@ -377,12 +394,21 @@ mod tests {
     #[test]
     fn rfc3339() {
         let t = parse_rfc3339("1970-01-02T00:00:01Z").unwrap();
-        assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 86401);
+        assert_eq!(
+            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+            86401
+        );
         let t = parse_rfc3339("2024-02-29T12:00:00.5+01:00").unwrap();
         let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
         assert_eq!(d.as_secs(), 1_709_204_400);
         assert_eq!(d.subsec_millis(), 500);
-        for bad in ["", "2024-13-01T00:00:00Z", "yesterday", "2024-01-01T00:00:00", "2024-01-01T00:00:00.Z"] {
+        for bad in [
+            "",
+            "2024-13-01T00:00:00Z",
+            "yesterday",
+            "2024-01-01T00:00:00",
+            "2024-01-01T00:00:00.Z",
+        ] {
             assert!(parse_rfc3339(bad).is_none(), "{bad}");
         }
     }

@@ -28,8 +28,8 @@ mod store;
 pub mod testsuite;
 
 pub use api::{
-    ContentStore, Info, IngestManager, Ingester, Labels, Lease, LeaseManager, Manager,
-    Namespace, Provider, Resource, Scope, Status, Writer, WriterOptions,
+    ContentStore, Info, IngestManager, Ingester, Labels, Lease, LeaseManager, Manager, Namespace,
+    Provider, Resource, Scope, Status, Writer, WriterOptions,
 };
 pub use client::GrpcStore;
 pub use error::{Error, ErrorKind, Result};

@@ -115,7 +115,10 @@ impl Meta {
         opts.set_keep_log_file_num(4);
         opts.set_max_log_file_size(4 << 20);
         let db = DB::open(&opts, path).map_err(|e| Error::db("open", e))?;
-        match db.get(b"v").map_err(|e| Error::db("read schema version", e))? {
+        match db
+            .get(b"v")
+            .map_err(|e| Error::db("read schema version", e))?
+        {
             None => db
                 .put(b"v", SCHEMA_VERSION)
                 .map_err(|e| Error::db("write schema version", e))?,
@@ -136,7 +139,9 @@ impl Meta {
     pub(crate) fn get<M: Message + Default>(&self, key: &[u8], what: &str) -> Result<Option<M>> {
         match self.db.get_pinned(key).map_err(|e| Error::db("get", e))? {
             None => Ok(None),
-            Some(v) => M::decode(&*v).map(Some).map_err(|e| Error::corrupt(what, e)),
+            Some(v) => M::decode(&*v)
+                .map(Some)
+                .map_err(|e| Error::corrupt(what, e)),
         }
     }
 

@@ -106,8 +106,9 @@ where
 }
 
 fn parse_digest(s: &str) -> Result<Digest, GrpcStatus> {
-    Digest::parse(s)
-        .map_err(|e| status(&Error::invalid(format!("digest {:?}", crate::api::truncate(s))).with_source(e)))
+    Digest::parse(s).map_err(|e| {
+        status(&Error::invalid(format!("digest {:?}", crate::api::truncate(s))).with_source(e))
+    })
 }
 
 fn labels_in(m: HashMap<String, String>) -> Labels {
@@ -137,7 +138,11 @@ pub fn status_to_proto(s: &Status) -> pb::Status {
         r#ref: s.r#ref.clone(),
         offset: i64::try_from(s.offset).unwrap_or(i64::MAX),
         total: i64::try_from(s.total).unwrap_or(i64::MAX),
-        expected: s.expected.as_ref().map(ToString::to_string).unwrap_or_default(),
+        expected: s
+            .expected
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 
@@ -373,7 +378,8 @@ impl pb::content_server::Content for ContentService {
 }
 
 fn non_negative(v: i64, what: &str) -> Result<u64, GrpcStatus> {
-    u64::try_from(v).map_err(|_| GrpcStatus::invalid_argument(format!("{what} must not be negative")))
+    u64::try_from(v)
+        .map_err(|_| GrpcStatus::invalid_argument(format!("{what} must not be negative")))
 }
 
 /// One Write stream, as containerd's content service runs it: the first message names the
@@ -419,8 +425,9 @@ async fn write_session(
         if req.total > 0 {
             total = non_negative(req.total, "total")?;
         }
-        let action = pb::WriteAction::try_from(req.action)
-            .map_err(|_| GrpcStatus::invalid_argument(format!("unknown write action {}", req.action)))?;
+        let action = pb::WriteAction::try_from(req.action).map_err(|_| {
+            GrpcStatus::invalid_argument(format!("unknown write action {}", req.action))
+        })?;
         match action {
             pb::WriteAction::Stat => {
                 msg.digest = wr.digest().to_string();
@@ -437,8 +444,13 @@ async fn write_session(
                 }
                 let truncate = req.offset == 0 && ws.offset > 0;
                 let data = std::mem::take(&mut req.data);
-                let commit = (action == pb::WriteAction::Commit)
-                    .then(|| (total, expected.clone(), labels_in(std::mem::take(&mut req.labels))));
+                let commit = (action == pb::WriteAction::Commit).then(|| {
+                    (
+                        total,
+                        expected.clone(),
+                        labels_in(std::mem::take(&mut req.labels)),
+                    )
+                });
                 let (w, res) = tokio::task::spawn_blocking(move || {
                     let res = (|| -> Result<u64> {
                         if truncate {

@@ -150,8 +150,7 @@ impl LocalStore {
         for d in [root, &content, &blobs, &ingest] {
             fs::create_dir_all(d).map_err(io("create directory", d))?;
         }
-        fs::set_permissions(root, fs::Permissions::from_mode(0o700))
-            .map_err(io("chmod", root))?;
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io("chmod", root))?;
         for alg in [Algorithm::Sha256, Algorithm::Sha512] {
             let d = blobs.join(alg.as_str());
             fs::create_dir_all(&d).map_err(io("create directory", &d))?;
@@ -334,10 +333,10 @@ impl LocalStore {
     }
 
     fn check_lease(&self, scope: &Scope) -> Result<()> {
-        if let Some(l) = &scope.lease {
-            if !self.inner.meta.exists(&meta::lease_key(ns_str(scope), l))? {
-                return Err(Error::not_found(format!("lease {:?}", truncate(l))));
-            }
+        if let Some(l) = &scope.lease
+            && !self.inner.meta.exists(&meta::lease_key(ns_str(scope), l))?
+        {
+            return Err(Error::not_found(format!("lease {:?}", truncate(l))));
         }
         Ok(())
     }
@@ -427,7 +426,11 @@ fn read_small(path: &Path) -> std::io::Result<String> {
 fn read_ingest_meta(dir: &Path) -> Option<IngestMeta> {
     let r = read_small(&dir.join("ref")).ok()?;
     let namespace = read_small(&dir.join("namespace")).ok()?;
-    let started: u64 = read_small(&dir.join("startedat")).ok()?.trim().parse().ok()?;
+    let started: u64 = read_small(&dir.join("startedat"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let total: u64 = read_small(&dir.join("total")).ok()?.trim().parse().ok()?;
     let expected = match read_small(&dir.join("expected")).ok()?.trim() {
         "" => None,
@@ -517,7 +520,10 @@ impl Provider for LocalStore {
         let path = self.blob_path(digest);
         let f = File::open(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::new(ErrorKind::DataLoss, format!("blob file of {digest} is missing"))
+                Error::new(
+                    ErrorKind::DataLoss,
+                    format!("blob file of {digest} is missing"),
+                )
             } else {
                 Error::io("open blob", &path, e)
             }
@@ -645,7 +651,10 @@ impl LocalStore {
             ("total", opts.total.to_string()),
             (
                 "expected",
-                opts.expected.as_ref().map(ToString::to_string).unwrap_or_default(),
+                opts.expected
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
             ),
         ];
         for (name, content) in files {
@@ -692,8 +701,7 @@ impl LocalStore {
             return Ok(None);
         }
         let file = open_data(dir)?;
-        let (mut offset, want) =
-            read_checkpoint(dir).unwrap_or((0, sha256_digest(&Sha256::new())));
+        let (mut offset, want) = read_checkpoint(dir).unwrap_or((0, sha256_digest(&Sha256::new())));
         let data = dir.join("data");
         let mut hasher = match hash_prefix(&file, offset).map_err(io("read ingest", &data))? {
             Some(h) if sha256_digest(&h) == want => h,
@@ -871,7 +879,9 @@ fn write_into(state: &mut WriterState, data: &[u8], guard: &RefGuard, interval: 
         std::thread::scope(|s| {
             let writer = s.spawn(|| file.write_all_at(data, offset));
             hasher.update(data);
-            writer.join().unwrap_or_else(|_| Err(std::io::Error::other("writer thread panicked")))
+            writer
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("writer thread panicked")))
         })
     } else {
         hasher.update(data);
@@ -973,13 +983,13 @@ impl Writer for LocalWriter {
                         truncate(&self.r#ref)
                     )));
                 }
-                if let Some(e) = expected {
-                    if e != digest {
-                        return Err(Error::precondition(format!(
-                            "{:?} unexpected digest {digest}, expected {e}",
-                            truncate(&self.r#ref)
-                        )));
-                    }
+                if let Some(e) = expected
+                    && e != digest
+                {
+                    return Err(Error::precondition(format!(
+                        "{:?} unexpected digest {digest}, expected {e}",
+                        truncate(&self.r#ref)
+                    )));
                 }
                 let digest = digest.clone();
                 let rec = ContentRecord {
@@ -995,7 +1005,10 @@ impl Writer for LocalWriter {
                 let mut b = WriteBatch::default();
                 b.put(key, enc(&rec));
                 if let Some(l) = &self.scope.lease {
-                    b.put(meta::resource_key(&ns, l, "content", &digest.to_string()), b"");
+                    b.put(
+                        meta::resource_key(&ns, l, "content", &digest.to_string()),
+                        b"",
+                    );
                 }
                 inner.meta.write(b)?;
                 self.state = WriterState::Done(Some(digest.clone()));
@@ -1085,10 +1098,10 @@ impl Writer for LocalWriter {
     }
 
     fn close(mut self: Box<Self>) -> Result<()> {
-        if let WriterState::Ingest(st) = &mut self.state {
-            if st.checkpointed != st.offset {
-                st.checkpoint()?;
-            }
+        if let WriterState::Ingest(st) = &mut self.state
+            && st.checkpointed != st.offset
+        {
+            st.checkpoint()?;
         }
         Ok(())
     }
@@ -1096,12 +1109,11 @@ impl Writer for LocalWriter {
 
 impl Drop for LocalWriter {
     fn drop(&mut self) {
-        if let WriterState::Ingest(st) = &mut self.state {
-            if st.checkpointed != st.offset {
-                if let Err(e) = st.checkpoint() {
-                    warn!(error = %e, "checkpoint on drop failed");
-                }
-            }
+        if let WriterState::Ingest(st) = &mut self.state
+            && st.checkpointed != st.offset
+            && let Err(e) = st.checkpoint()
+        {
+            warn!(error = %e, "checkpoint on drop failed");
         }
     }
 }
@@ -1259,11 +1271,7 @@ impl Manager for LocalStore {
         labels: Labels,
         fieldpaths: &[String],
     ) -> Result<Info> {
-        let _shared = self
-            .inner
-            .gc_lock
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let _shared = self.inner.gc_lock.read().unwrap_or_else(|e| e.into_inner());
         let mut rec = self.visible(scope, digest, false)?;
         let mut cur = meta::map_to_labels(&rec.labels);
         if fieldpaths.is_empty() {

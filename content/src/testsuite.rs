@@ -110,7 +110,10 @@ pub fn writer(s: &dyn ContentStore, scope: &Scope) {
         }
         assert_eq!(w.digest(), d, "writer digest before commit");
         let start = SystemTime::now();
-        let l = labels(&[("name", "value"), ("containerd.io/gc.root", "2024-01-01T00:00:00Z")]);
+        let l = labels(&[
+            ("name", "value"),
+            ("containerd.io/gc.root", "2024-01-01T00:00:00Z"),
+        ]);
         let got = w.commit(size as u64, Some(&d), l.clone()).unwrap();
         let end = SystemTime::now();
         w.close().unwrap();
@@ -131,7 +134,9 @@ pub fn writer(s: &dyn ContentStore, scope: &Scope) {
 pub fn update_status(s: &dyn ContentStore, scope: &Scope) {
     let data = content(256, 7);
     let d = digest_of(&data);
-    let mut w = s.writer(scope, opts("update-status", 256, Some(&d))).unwrap();
+    let mut w = s
+        .writer(scope, opts("update-status", 256, Some(&d)))
+        .unwrap();
     let mut written = 0;
     for upto in [64usize, 192, 256] {
         w.write(&data[written..upto]).unwrap();
@@ -146,15 +151,25 @@ pub fn update_status(s: &dyn ContentStore, scope: &Scope) {
     }
     w.commit(256, Some(&d), Labels::new()).unwrap();
     w.close().unwrap();
-    assert_kind(s.status(scope, "update-status"), ErrorKind::NotFound, "status after commit");
+    assert_kind(
+        s.status(scope, "update-status"),
+        ErrorKind::NotFound,
+        "status after commit",
+    );
 }
 
 /// `CommitExists`: committing content that exists is `AlreadyExists`, with and without
 /// an expected digest.
 pub fn commit_exists(s: &dyn ContentStore, scope: &Scope) {
     let data = content(1024, 3);
-    let d = write_blob(s, scope, "exists-1", &data, labels(&[("containerd.io/gc.root", "x")]))
-        .unwrap();
+    let d = write_blob(
+        s,
+        scope,
+        "exists-1",
+        &data,
+        labels(&[("containerd.io/gc.root", "x")]),
+    )
+    .unwrap();
     // With the digest: refused when opening.
     assert_kind(
         s.writer(scope, opts("exists-2", 0, Some(&d))),
@@ -191,7 +206,10 @@ pub fn resume(s: &dyn ContentStore, scope: &Scope) {
         .started_at
         .duration_since(st2.started_at)
         .unwrap_or_else(|e| e.duration());
-    assert!(diff < Duration::from_micros(1), "started_at changed by {diff:?}");
+    assert!(
+        diff < Duration::from_micros(1),
+        "started_at changed by {diff:?}"
+    );
     w.write(&data[128..]).unwrap();
     assert_eq!(w.commit(256, Some(&d), Labels::new()).unwrap(), d);
     w.close().unwrap();
@@ -258,7 +276,11 @@ pub fn resume_grid(s: &dyn ContentStore, scope: &Scope, mode: ResumeMode) {
                     }
                 }
             }
-            assert_eq!(w.commit(size as u64, Some(&d), Labels::new()).unwrap(), d, "{r}");
+            assert_eq!(
+                w.commit(size as u64, Some(&d), Labels::new()).unwrap(),
+                d,
+                "{r}"
+            );
             w.close().unwrap();
             assert_eq!(read_all(s, scope, &d).unwrap(), data, "{r}: content");
         }
@@ -275,7 +297,11 @@ pub fn small_blob(s: &dyn ContentStore, scope: &Scope) {
     let n = s.read_at(scope, &d, 3, &mut buf).unwrap();
     assert_eq!(&buf[..n], b"bar");
     assert_eq!(s.read_at(scope, &d, 6, &mut buf).unwrap(), 0);
-    assert_kind(s.read_at(scope, &d, 7, &mut buf), ErrorKind::OutOfRange, "read past end");
+    assert_kind(
+        s.read_at(scope, &d, 7, &mut buf),
+        ErrorKind::OutOfRange,
+        "read past end",
+    );
 }
 
 /// `Labels`: commit with labels, replace them all, then update single keys; updated_at
@@ -314,7 +340,11 @@ pub fn labels_case(s: &dyn ContentStore, scope: &Scope) {
             bad,
         );
     }
-    assert_eq!(s.info(scope, &d).unwrap().labels, u3.labels, "failed updates changed nothing");
+    assert_eq!(
+        s.info(scope, &d).unwrap().labels,
+        u3.labels,
+        "failed updates changed nothing"
+    );
 }
 
 /// `CommitErrorState`: the writer state machine around a locked ref and failed commits.
@@ -348,7 +378,11 @@ pub fn commit_error_state(s: &dyn ContentStore, scope: &Scope) {
 
     // Reopen and commit for real.
     let mut w = s.writer(scope, opts(r, 0, None)).unwrap();
-    assert_eq!(w.status().unwrap().offset, 4096, "ingest survived failed commits");
+    assert_eq!(
+        w.status().unwrap().offset,
+        4096,
+        "ingest survived failed commits"
+    );
     assert_eq!(w.commit(4096, Some(&d), Labels::new()).unwrap(), d);
     w.close().unwrap();
 
@@ -371,7 +405,11 @@ pub fn commit_error_state(s: &dyn ContentStore, scope: &Scope) {
     assert_eq!(w.status().unwrap().offset, 0);
     w.close().unwrap();
     s.abort(scope, r).unwrap();
-    assert_kind(s.status(scope, r), ErrorKind::NotFound, "status after abort");
+    assert_kind(
+        s.status(scope, r),
+        ErrorKind::NotFound,
+        "status after abort",
+    );
 }
 
 /// Containerd's `TestWriterTruncateRecoversFromIncompleteWrite`: bad data, close, reopen,
@@ -391,7 +429,14 @@ pub fn truncate_recovers(s: &dyn ContentStore, scope: &Scope) {
 
 /// Walk with filters, and Delete.
 pub fn walk_and_delete(s: &dyn ContentStore, scope: &Scope) {
-    let a = write_blob(s, scope, "walk-a", b"aaaa", labels(&[("role", "a"), ("x.y", "1")])).unwrap();
+    let a = write_blob(
+        s,
+        scope,
+        "walk-a",
+        b"aaaa",
+        labels(&[("role", "a"), ("x.y", "1")]),
+    )
+    .unwrap();
     let b = write_blob(s, scope, "walk-b", b"bbbbbbbb", labels(&[("role", "b")])).unwrap();
     let list = |f: &[&str]| {
         let f: Vec<String> = f.iter().map(|s| (*s).to_owned()).collect();
@@ -415,7 +460,11 @@ pub fn walk_and_delete(s: &dyn ContentStore, scope: &Scope) {
     assert_eq!(list(&["labels.\"x.y\""]), vec![a.clone()]);
     assert_eq!(list(&["labels.role~=^[ab]$"]), both);
     let bad: Vec<String> = vec!["labels.role==".into()];
-    assert_kind(s.walk(scope, &bad, &mut |_| Ok(())), ErrorKind::InvalidArgument, "bad filter");
+    assert_kind(
+        s.walk(scope, &bad, &mut |_| Ok(())),
+        ErrorKind::InvalidArgument,
+        "bad filter",
+    );
 
     s.delete(scope, &a).unwrap();
     assert_kind(s.info(scope, &a), ErrorKind::NotFound, "info after delete");
@@ -429,17 +478,29 @@ pub fn cross_namespace_append(s: &dyn ContentStore, ns1: &Scope, ns2: &Scope) {
     let data = content(1000, 51);
     let d = write_blob(s, ns1, "ref-1000", &data, Labels::new()).unwrap();
     let mut w = s.writer(ns2, opts("ref-1000", 1000, Some(&d))).unwrap();
-    assert_eq!(w.status().unwrap().offset, 1000, "shared content is offered whole");
+    assert_eq!(
+        w.status().unwrap().offset,
+        1000,
+        "shared content is offered whole"
+    );
     let extra = b"appended bytes";
     w.write(extra).unwrap();
     let mut all = data.clone();
     all.extend_from_slice(extra);
     let d2 = digest_of(&all);
-    assert_eq!(w.commit(all.len() as u64, Some(&d2), Labels::new()).unwrap(), d2);
+    assert_eq!(
+        w.commit(all.len() as u64, Some(&d2), Labels::new())
+            .unwrap(),
+        d2
+    );
     w.close().unwrap();
     assert_eq!(read_all(s, ns2, &d2).unwrap(), all);
     assert_eq!(read_all(s, ns1, &d).unwrap(), data);
-    assert_kind(s.info(ns1, &d2), ErrorKind::NotFound, "ns1 must not see ns2's blob");
+    assert_kind(
+        s.info(ns1, &d2),
+        ErrorKind::NotFound,
+        "ns1 must not see ns2's blob",
+    );
 }
 
 /// `CrossNamespaceShare` (shared policy): ns2 opening a known digest+size sees offset ==
@@ -465,7 +526,11 @@ pub fn cross_namespace_isolate(s: &dyn ContentStore, ns1: &Scope, ns2: &Scope) {
     let data = content(1000, 71);
     let d = write_blob(s, ns1, "isolate", &data, Labels::new()).unwrap();
     let mut w = s.writer(ns2, opts("isolate", 1000, Some(&d))).unwrap();
-    assert_eq!(w.status().unwrap().offset, 0, "isolated namespaces upload their own copy");
+    assert_eq!(
+        w.status().unwrap().offset,
+        0,
+        "isolated namespaces upload their own copy"
+    );
     w.write(&data).unwrap();
     assert_eq!(w.commit(1000, Some(&d), Labels::new()).unwrap(), d);
     w.close().unwrap();
@@ -478,7 +543,11 @@ pub fn shared_namespace_isolate(s: &dyn ContentStore, ns1: &Scope, ns2: &Scope) 
     let data = content(1000, 81);
     let d = write_blob(s, ns1, "shareable", &data, Labels::new()).unwrap();
     let mut w = s.writer(ns2, opts("shareable", 1000, Some(&d))).unwrap();
-    assert_eq!(w.status().unwrap().offset, 1000, "shareable namespace content is shared");
+    assert_eq!(
+        w.status().unwrap().offset,
+        1000,
+        "shareable namespace content is shared"
+    );
     assert_eq!(w.commit(1000, Some(&d), Labels::new()).unwrap(), d);
     w.close().unwrap();
     assert_eq!(read_all(s, ns2, &d).unwrap(), data);
@@ -487,10 +556,22 @@ pub fn shared_namespace_isolate(s: &dyn ContentStore, ns1: &Scope, ns2: &Scope) 
 /// Namespaces are isolated for reads, statuses and labels even under the shared policy.
 pub fn namespaces_are_separate(s: &dyn ContentStore, ns1: &Scope, ns2: &Scope) {
     let d = write_blob(s, ns1, "sep", b"separate", labels(&[("who", "ns1")])).unwrap();
-    assert_kind(s.info(ns2, &d), ErrorKind::NotFound, "info across namespaces");
+    assert_kind(
+        s.info(ns2, &d),
+        ErrorKind::NotFound,
+        "info across namespaces",
+    );
     let mut buf = [0u8; 8];
-    assert_kind(s.read_at(ns2, &d, 0, &mut buf), ErrorKind::NotFound, "read across namespaces");
-    assert_kind(s.delete(ns2, &d), ErrorKind::NotFound, "delete across namespaces");
+    assert_kind(
+        s.read_at(ns2, &d, 0, &mut buf),
+        ErrorKind::NotFound,
+        "read across namespaces",
+    );
+    assert_kind(
+        s.delete(ns2, &d),
+        ErrorKind::NotFound,
+        "delete across namespaces",
+    );
     let mut w = s.writer(ns1, opts("same-ref", 0, None)).unwrap();
     w.write(b"ns1 bytes").unwrap();
     // The same ref in another namespace is another ingest, not a locked one.
@@ -501,7 +582,11 @@ pub fn namespaces_are_separate(s: &dyn ContentStore, ns1: &Scope, ns2: &Scope) {
     assert_eq!(s.status(ns1, "same-ref").unwrap().offset, 9);
     assert_eq!(s.status(ns2, "same-ref").unwrap().offset, 0);
     let refs = |sc: &Scope| -> Vec<String> {
-        s.list_statuses(sc, &[]).unwrap().into_iter().map(|s| s.r#ref).collect()
+        s.list_statuses(sc, &[])
+            .unwrap()
+            .into_iter()
+            .map(|s| s.r#ref)
+            .collect()
     };
     assert_eq!(refs(ns1), vec!["same-ref".to_owned()]);
     let only: Vec<String> = vec!["ref==nothing".into()];
@@ -522,27 +607,50 @@ pub fn hostile_input(s: &dyn ContentStore, scope: &Scope) {
         ("line\nbreak", "newline in ref"),
         (long.as_str(), "64 KiB ref"),
     ] {
-        assert_kind(s.writer(scope, opts(r, 0, None)), ErrorKind::InvalidArgument, what);
+        assert_kind(
+            s.writer(scope, opts(r, 0, None)),
+            ErrorKind::InvalidArgument,
+            what,
+        );
         assert_kind(s.status(scope, r), ErrorKind::InvalidArgument, what);
         assert_kind(s.abort(scope, r), ErrorKind::InvalidArgument, what);
     }
-    assert!(s.list_statuses(scope, &[]).unwrap().is_empty(), "no ingest was created");
+    assert!(
+        s.list_statuses(scope, &[]).unwrap().is_empty(),
+        "no ingest was created"
+    );
 
     let big = labels(&[("k", &"v".repeat(4096))]);
     let mut w = s.writer(scope, opts("hostile-labels", 0, None)).unwrap();
     w.write(b"payload").unwrap();
-    assert_kind(w.commit(0, None, big.clone()), ErrorKind::InvalidArgument, "oversized label");
+    assert_kind(
+        w.commit(0, None, big.clone()),
+        ErrorKind::InvalidArgument,
+        "oversized label",
+    );
     // Over gRPC a failed commit ends the session, as in containerd: reopen the ref.
     drop(w);
     let mut w = s.writer(scope, opts("hostile-labels", 0, None)).unwrap();
-    assert_eq!(w.status().unwrap().offset, 7, "ingest intact after a refused commit");
+    assert_eq!(
+        w.status().unwrap().offset,
+        7,
+        "ingest intact after a refused commit"
+    );
     let d = w.commit(0, None, labels(&[("ok", "1")])).unwrap();
     w.close().unwrap();
-    assert_kind(s.update(scope, &d, big, &[]), ErrorKind::InvalidArgument, "oversized label update");
+    assert_kind(
+        s.update(scope, &d, big, &[]),
+        ErrorKind::InvalidArgument,
+        "oversized label update",
+    );
     let mut edge = Labels::new();
     edge.insert("k".into(), "v".repeat(4095));
     s.update(scope, &d, edge.clone(), &[]).unwrap();
-    assert_eq!(s.info(scope, &d).unwrap().labels, edge, "a 4096-byte label fits exactly");
+    assert_eq!(
+        s.info(scope, &d).unwrap().labels,
+        edge,
+        "a 4096-byte label fits exactly"
+    );
 
     for f in ["labels.\"unterminated", "==x", "size==1,", "labels.k~=("] {
         assert_kind(
@@ -550,30 +658,60 @@ pub fn hostile_input(s: &dyn ContentStore, scope: &Scope) {
             ErrorKind::InvalidArgument,
             f,
         );
-        assert_kind(s.list_statuses(scope, &[f.to_owned()]), ErrorKind::InvalidArgument, f);
+        assert_kind(
+            s.list_statuses(scope, &[f.to_owned()]),
+            ErrorKind::InvalidArgument,
+            f,
+        );
     }
 
     let mut buf = [0u8; 4];
-    assert_kind(s.read_at(scope, &d, 8, &mut buf), ErrorKind::OutOfRange, "read past the end");
+    assert_kind(
+        s.read_at(scope, &d, 8, &mut buf),
+        ErrorKind::OutOfRange,
+        "read past the end",
+    );
     let missing = digest_of(b"missing");
-    assert_kind(s.info(scope, &missing), ErrorKind::NotFound, "info of a missing blob");
-    assert_kind(s.delete(scope, &missing), ErrorKind::NotFound, "delete of a missing blob");
+    assert_kind(
+        s.info(scope, &missing),
+        ErrorKind::NotFound,
+        "info of a missing blob",
+    );
+    assert_kind(
+        s.delete(scope, &missing),
+        ErrorKind::NotFound,
+        "delete of a missing blob",
+    );
 }
 
 /// Leases: create/list/filters, resources, and that a leased blob survives GC is checked
 /// by the caller (GC is not part of the trait).
 pub fn leases(s: &(impl crate::api::LeaseManager + ?Sized), scope: &Scope) {
     use crate::api::Resource;
-    let l = s.create_lease(scope, "lease-1", labels(&[("purpose", "test")])).unwrap();
+    let l = s
+        .create_lease(scope, "lease-1", labels(&[("purpose", "test")]))
+        .unwrap();
     assert_eq!(l.id, "lease-1");
-    assert_kind(s.create_lease(scope, "lease-1", Labels::new()), ErrorKind::AlreadyExists, "dup");
+    assert_kind(
+        s.create_lease(scope, "lease-1", Labels::new()),
+        ErrorKind::AlreadyExists,
+        "dup",
+    );
     for bad in ["", "../x", "a/b", "-x", &"l".repeat(100)] {
-        assert_kind(s.create_lease(scope, bad, Labels::new()), ErrorKind::InvalidArgument, bad);
+        assert_kind(
+            s.create_lease(scope, bad, Labels::new()),
+            ErrorKind::InvalidArgument,
+            bad,
+        );
     }
     s.create_lease(scope, "lease-2", Labels::new()).unwrap();
     let ids = |f: &[&str]| -> Vec<String> {
         let f: Vec<String> = f.iter().map(|s| (*s).to_owned()).collect();
-        s.list_leases(scope, &f).unwrap().into_iter().map(|l| l.id).collect()
+        s.list_leases(scope, &f)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.id)
+            .collect()
     };
     assert_eq!(ids(&[]), vec!["lease-1", "lease-2"]);
     assert_eq!(ids(&["labels.purpose==test"]), vec!["lease-1"]);
@@ -596,17 +734,42 @@ pub fn leases(s: &(impl crate::api::LeaseManager + ?Sized), scope: &Scope) {
     want.sort();
     assert_eq!(got, want);
     for bad in [
-        Resource { id: "not-a-digest".into(), r#type: "content".into() },
-        Resource { id: "x".into(), r#type: "bogus".into() },
-        Resource { id: String::new(), r#type: "content".into() },
+        Resource {
+            id: "not-a-digest".into(),
+            r#type: "content".into(),
+        },
+        Resource {
+            id: "x".into(),
+            r#type: "bogus".into(),
+        },
+        Resource {
+            id: String::new(),
+            r#type: "content".into(),
+        },
     ] {
-        assert_kind(s.add_resource(scope, "lease-1", bad), ErrorKind::InvalidArgument, "bad resource");
+        assert_kind(
+            s.add_resource(scope, "lease-1", bad),
+            ErrorKind::InvalidArgument,
+            "bad resource",
+        );
     }
-    assert_kind(s.add_resource(scope, "nope", r.clone()), ErrorKind::NotFound, "missing lease");
+    assert_kind(
+        s.add_resource(scope, "nope", r.clone()),
+        ErrorKind::NotFound,
+        "missing lease",
+    );
     s.delete_resource(scope, "lease-1", r).unwrap();
     assert_eq!(s.list_resources(scope, "lease-1").unwrap().len(), 1);
     s.delete_lease(scope, "lease-1", false).unwrap();
-    assert_kind(s.delete_lease(scope, "lease-1", false), ErrorKind::NotFound, "second delete");
-    assert_kind(s.list_resources(scope, "lease-1"), ErrorKind::NotFound, "resources of deleted");
+    assert_kind(
+        s.delete_lease(scope, "lease-1", false),
+        ErrorKind::NotFound,
+        "second delete",
+    );
+    assert_kind(
+        s.list_resources(scope, "lease-1"),
+        ErrorKind::NotFound,
+        "resources of deleted",
+    );
     assert_eq!(ids(&[]), vec!["lease-2"]);
 }

@@ -58,16 +58,19 @@ pub fn serve(store: LocalStore, sock: &Path) -> (Arc<tokio::runtime::Runtime>, G
             .serve_with_incoming(UnixListenerStream::new(listener)),
     );
     let path = sock.to_owned();
-    let channel = rt
-        .block_on(
-            Endpoint::try_from("http://test.invalid")
-                .unwrap()
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let p = path.clone();
-                    async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
-                })),
-        )
-        .unwrap();
+    let channel =
+        rt
+            .block_on(
+                Endpoint::try_from("http://test.invalid")
+                    .unwrap()
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let p = path.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?))
+                        }
+                    })),
+            )
+            .unwrap();
     let client = GrpcStore::new(channel, rt.handle().clone());
     (rt, client)
 }

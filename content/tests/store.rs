@@ -15,11 +15,17 @@ use strata_content::{
 };
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 fn wopts(r: &str) -> WriterOptions {
-    WriterOptions { r#ref: r.into(), ..Default::default() }
+    WriterOptions {
+        r#ref: r.into(),
+        ..Default::default()
+    }
 }
 
 fn ingest_data_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -41,17 +47,30 @@ fn gc_follows_roots_references_and_leases() {
         &ns,
         "root",
         b"root",
-        labels(&[(GC_ROOT, "now"), ("containerd.io/gc.ref.content.l.0", &child.to_string())]),
+        labels(&[
+            (GC_ROOT, "now"),
+            ("containerd.io/gc.ref.content.l.0", &child.to_string()),
+        ]),
     )
     .unwrap();
     let orphan = write_blob(s, &ns, "orphan", b"orphan", Labels::new()).unwrap();
     s.create_lease(&ns, "keep", Labels::new()).unwrap();
-    let leased = write_blob(s, &ns.clone().with_lease("keep"), "leased", b"leased", Labels::new()).unwrap();
+    let leased = write_blob(
+        s,
+        &ns.clone().with_lease("keep"),
+        "leased",
+        b"leased",
+        Labels::new(),
+    )
+    .unwrap();
     let global = write_blob(s, &Scope::global(), "global", b"global", Labels::new()).unwrap();
 
     let r = s.garbage_collect().unwrap();
     assert_eq!((r.records, r.blobs), (1, 1), "only the orphan goes: {r:?}");
-    assert_eq!(s.info(&ns, &orphan).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        s.info(&ns, &orphan).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     assert!(!s.blob_path(&orphan).exists());
     for d in [&child, &root, &leased] {
         s.info(&ns, d).unwrap();
@@ -60,11 +79,15 @@ fn gc_follows_roots_references_and_leases() {
 
     // Deleting the lease with sync collects what it held.
     s.delete_lease(&ns, "keep", true).unwrap();
-    assert_eq!(s.info(&ns, &leased).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        s.info(&ns, &leased).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     assert!(!s.blob_path(&leased).exists());
 
     // Dropping the root label releases the root and what it referenced.
-    s.update(&ns, &root, Labels::new(), &["labels".into()]).unwrap();
+    s.update(&ns, &root, Labels::new(), &["labels".into()])
+        .unwrap();
     let r = s.garbage_collect().unwrap();
     assert_eq!(r.blobs, 2);
     s.info(&Scope::global(), &global).unwrap();
@@ -95,8 +118,10 @@ fn expired_and_flat_leases() {
     let h = common::local(SharingPolicy::Shared);
     let s = &h.local;
     let ns = Scope::ns("default");
-    s.create_lease(&ns, "old", labels(&[(GC_EXPIRE, "2000-01-01T00:00:00Z")])).unwrap();
-    s.create_lease(&ns, "flat", labels(&[(GC_FLAT, "")])).unwrap();
+    s.create_lease(&ns, "old", labels(&[(GC_EXPIRE, "2000-01-01T00:00:00Z")]))
+        .unwrap();
+    s.create_lease(&ns, "flat", labels(&[(GC_FLAT, "")]))
+        .unwrap();
     let child = write_blob(s, &ns, "c", b"c", Labels::new()).unwrap();
     let old = write_blob(s, &ns.clone().with_lease("old"), "o", b"o", Labels::new()).unwrap();
     let top = write_blob(
@@ -109,10 +134,21 @@ fn expired_and_flat_leases() {
     .unwrap();
     let r = s.garbage_collect().unwrap();
     assert_eq!(r.leases, 1);
-    assert!(!s.blob_path(&old).exists(), "expired lease protects nothing");
-    assert!(!s.blob_path(&child).exists(), "a flat lease does not follow references");
+    assert!(
+        !s.blob_path(&old).exists(),
+        "expired lease protects nothing"
+    );
+    assert!(
+        !s.blob_path(&child).exists(),
+        "a flat lease does not follow references"
+    );
     assert!(s.blob_path(&top).exists());
-    let ids: Vec<_> = s.list_leases(&ns, &[]).unwrap().into_iter().map(|l| l.id).collect();
+    let ids: Vec<_> = s
+        .list_leases(&ns, &[])
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
     assert_eq!(ids, vec!["flat"]);
 }
 
@@ -121,7 +157,10 @@ fn ingests_expire_unless_leased_open_or_global() {
     let dir = tempfile::tempdir().unwrap();
     let s = LocalStore::open(
         dir.path(),
-        StoreOptions { ingest_expiry: Duration::ZERO, ..StoreOptions::default() },
+        StoreOptions {
+            ingest_expiry: Duration::ZERO,
+            ..StoreOptions::default()
+        },
     )
     .unwrap();
     let ns = Scope::ns("default");
@@ -131,7 +170,9 @@ fn ingests_expire_unless_leased_open_or_global() {
         w.write(b"partial").unwrap();
         w.close().unwrap();
     }
-    let mut w = s.writer(&ns.clone().with_lease("l"), wopts("leased")).unwrap();
+    let mut w = s
+        .writer(&ns.clone().with_lease("l"), wopts("leased"))
+        .unwrap();
     w.write(b"partial").unwrap();
     w.close().unwrap();
     let mut open = s.writer(&ns, wopts("open")).unwrap();
@@ -140,7 +181,10 @@ fn ingests_expire_unless_leased_open_or_global() {
     let r = s.garbage_collect().unwrap();
     assert_eq!(r.ingests, 1);
     use strata_content::IngestManager;
-    assert_eq!(s.status(&ns, "stale").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        s.status(&ns, "stale").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     s.status(&ns, "leased").unwrap();
     s.status(&ns, "open").unwrap();
     s.status(&Scope::global(), "proxied").unwrap();
@@ -157,12 +201,27 @@ fn ingest_lease_moves_to_content_on_commit() {
     let mut w = s.writer(&scope, wopts("layer")).unwrap();
     w.write(b"layer bytes").unwrap();
     let res = s.list_resources(&ns, "pull").unwrap();
-    assert_eq!(res, vec![Resource { id: "layer".into(), r#type: "ingests".into() }]);
+    assert_eq!(
+        res,
+        vec![Resource {
+            id: "layer".into(),
+            r#type: "ingests".into()
+        }]
+    );
     let d = w.commit(0, None, Labels::new()).unwrap();
     let res = s.list_resources(&ns, "pull").unwrap();
-    assert_eq!(res, vec![Resource { id: d.to_string(), r#type: "content".into() }]);
+    assert_eq!(
+        res,
+        vec![Resource {
+            id: d.to_string(),
+            r#type: "content".into()
+        }]
+    );
     // A writer under a lease that does not exist is refused.
-    let err = s.writer(&ns.clone().with_lease("nope"), wopts("x")).err().unwrap();
+    let err = s
+        .writer(&ns.clone().with_lease("nope"), wopts("x"))
+        .err()
+        .unwrap();
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
 
@@ -178,13 +237,26 @@ fn garbage_tail_after_crash_is_dropped_and_ingest_heals() {
     // A power loss can leave bytes past the last checkpoint that were never written.
     let files = ingest_data_files(h.dir.path());
     assert_eq!(files.len(), 1);
-    fs::OpenOptions::new().append(true).open(&files[0]).unwrap().write_all(&[0u8; 777]).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&files[0])
+        .unwrap()
+        .write_all(&[0u8; 777])
+        .unwrap();
 
     let mut w = s.writer(&ns, wopts("crash")).unwrap();
-    assert_eq!(w.status().unwrap().offset, 6000, "resumes at the checkpoint");
+    assert_eq!(
+        w.status().unwrap().offset,
+        6000,
+        "resumes at the checkpoint"
+    );
     assert_eq!(w.digest(), digest_of(&data[..6000]));
     w.write(&data[6000..]).unwrap();
-    assert_eq!(w.commit(10_000, Some(&digest_of(&data)), Labels::new()).unwrap(), digest_of(&data));
+    assert_eq!(
+        w.commit(10_000, Some(&digest_of(&data)), Labels::new())
+            .unwrap(),
+        digest_of(&data)
+    );
 }
 
 #[test]
@@ -202,15 +274,25 @@ fn corrupted_ingest_restarts_at_zero() {
     fs::write(&files[0], &bytes).unwrap();
     // Also: a truncated file (shorter than its checkpoint) heals the same way.
     let mut w = s.writer(&ns, wopts("rot")).unwrap();
-    assert_eq!(w.status().unwrap().offset, 0, "a corrupt prefix is never trusted");
+    assert_eq!(
+        w.status().unwrap().offset,
+        0,
+        "a corrupt prefix is never trusted"
+    );
     w.write(&data).unwrap();
-    w.commit(5000, Some(&digest_of(&data)), Labels::new()).unwrap();
+    w.commit(5000, Some(&digest_of(&data)), Labels::new())
+        .unwrap();
 
     let mut w = s.writer(&ns, wopts("short")).unwrap();
     w.write(&data).unwrap();
     w.close().unwrap();
     let files = ingest_data_files(h.dir.path());
-    fs::OpenOptions::new().write(true).open(&files[0]).unwrap().set_len(10).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&files[0])
+        .unwrap()
+        .set_len(10)
+        .unwrap();
     let w = s.writer(&ns, wopts("short")).unwrap();
     assert_eq!(w.status().unwrap().offset, 0);
 }
@@ -232,9 +314,19 @@ fn blobs_are_read_only_and_stay_under_the_root() {
     let d = write_blob(&s, &ns, "ro", b"read only", Labels::new()).unwrap();
     let mode = fs::metadata(s.blob_path(&d)).unwrap().permissions().mode();
     assert_eq!(mode & 0o333, 0, "blob files are read-only: {mode:o}");
-    assert_eq!(fs::metadata(&root).unwrap().permissions().mode() & 0o777, 0o700);
-    let names: Vec<_> = fs::read_dir(outer.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("root")], "nothing beside the root");
+    assert_eq!(
+        fs::metadata(&root).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let names: Vec<_> = fs::read_dir(outer.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("root")],
+        "nothing beside the root"
+    );
 }
 
 #[test]
@@ -244,7 +336,11 @@ fn sha512_expected_digest() {
     let s = &h.local;
     let ns = Scope::ns("default");
     let data = content(3000, 9);
-    let d512 = strata_proto::Digest::from_bytes(strata_proto::Algorithm::Sha512, &sha2::Sha512::digest(&data)).unwrap();
+    let d512 = strata_proto::Digest::from_bytes(
+        strata_proto::Algorithm::Sha512,
+        &sha2::Sha512::digest(&data),
+    )
+    .unwrap();
     let mut w = s.writer(&ns, wopts("512")).unwrap();
     w.write(&data).unwrap();
     assert_eq!(w.commit(3000, Some(&d512), Labels::new()).unwrap(), d512);
@@ -267,6 +363,10 @@ fn reopen_keeps_committed_content() {
     assert_eq!(s.info(&ns, &d).unwrap().labels, labels(&[("k", "v")]));
     assert_eq!(strata_content::api::read_all(&s, &ns, &d).unwrap(), data);
     let w = s.writer(&ns, wopts("half")).unwrap();
-    assert_eq!(w.status().unwrap().offset, 30_000, "dropped writers checkpoint");
+    assert_eq!(
+        w.status().unwrap().offset,
+        30_000,
+        "dropped writers checkpoint"
+    );
     let _: &dyn ContentStore = &s;
 }

@@ -86,7 +86,10 @@ impl Digest {
                 actual: hex.len(),
             });
         }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(DigestError::BadCharacter);
         }
         Ok(Digest {
@@ -162,25 +165,40 @@ mod tests {
         let cases = [
             ("", DigestError::MissingSeparator),
             ("sha256", DigestError::MissingSeparator),
-            ("md5:d41d8cd98f00b204e9800998ecf8427e", DigestError::UnsupportedAlgorithm),
+            (
+                "md5:d41d8cd98f00b204e9800998ecf8427e",
+                DigestError::UnsupportedAlgorithm,
+            ),
             ("SHA256:00", DigestError::UnsupportedAlgorithm),
-            ("sha256:../..", DigestError::BadLength {
-                algorithm: Algorithm::Sha256,
-                expected: 64,
-                actual: 5,
-            }),
+            (
+                "sha256:../..",
+                DigestError::BadLength {
+                    algorithm: Algorithm::Sha256,
+                    expected: 64,
+                    actual: 5,
+                },
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(Digest::parse(input).unwrap_err(), want, "{input:?}");
         }
         let upper = EMPTY.to_uppercase().replace("SHA256", "sha256");
-        assert_eq!(Digest::parse(&upper).unwrap_err(), DigestError::BadCharacter);
+        assert_eq!(
+            Digest::parse(&upper).unwrap_err(),
+            DigestError::BadCharacter
+        );
         let traversal = format!("sha256:../{}", "a".repeat(61));
-        assert_eq!(Digest::parse(&traversal).unwrap_err(), DigestError::BadCharacter);
+        assert_eq!(
+            Digest::parse(&traversal).unwrap_err(),
+            DigestError::BadCharacter
+        );
         let nul = format!("sha256:{}\0", "a".repeat(63));
         assert_eq!(Digest::parse(&nul).unwrap_err(), DigestError::BadCharacter);
         let long = format!("sha256:{}", "a".repeat(65));
-        assert!(matches!(Digest::parse(&long), Err(DigestError::BadLength { .. })));
+        assert!(matches!(
+            Digest::parse(&long),
+            Err(DigestError::BadLength { .. })
+        ));
     }
 
     #[test]

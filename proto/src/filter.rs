@@ -175,7 +175,9 @@ impl Parser<'_> {
         self.pos += 1;
         let mut out = String::new();
         loop {
-            let c = self.peek().ok_or_else(|| self.err("unterminated quoted string"))?;
+            let c = self
+                .peek()
+                .ok_or_else(|| self.err("unterminated quoted string"))?;
             self.pos += c.len_utf8();
             if c == quote {
                 return Ok(out);

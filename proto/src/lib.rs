@@ -39,7 +39,10 @@ pub mod containerd {
         pub mod content {
             /// `containerd.services.content.v1`.
             pub mod v1 {
-                include!(concat!(env!("OUT_DIR"), "/containerd.services.content.v1.rs"));
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/containerd.services.content.v1.rs"
+                ));
             }
         }
         /// `containerd.services.snapshots`.
@@ -56,7 +59,10 @@ pub mod containerd {
         pub mod leases {
             /// `containerd.services.leases.v1`.
             pub mod v1 {
-                include!(concat!(env!("OUT_DIR"), "/containerd.services.leases.v1.rs"));
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/containerd.services.leases.v1.rs"
+                ));
             }
         }
     }

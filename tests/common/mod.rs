@@ -28,13 +28,22 @@ impl Daemon {
         let root = dir.join("root");
         let sock = dir.join("run/strata.sock");
         let log = dir.join(format!("daemon-{}.log", std::process::id()));
-        let mut d = Daemon { root, sock, child: None, log };
+        let mut d = Daemon {
+            root,
+            sock,
+            child: None,
+            log,
+        };
         d.restart(env);
         d
     }
 
     pub fn restart(&mut self, env: &[(&str, &str)]) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--root"])
             .arg(&self.root)
@@ -59,7 +68,11 @@ impl Daemon {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited early with {st}: {}", self.logs());
             }
-            assert!(Instant::now() < deadline, "daemon did not come up: {}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up: {}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
