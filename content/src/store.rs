@@ -762,7 +762,9 @@ impl Resumed {
             hasher: self.hasher,
             offset: self.offset,
             checkpointed: self.offset,
+            requested: self.offset,
             kicked: self.offset,
+            background: None,
         }
     }
 }
@@ -774,8 +776,12 @@ struct IngestState {
     offset: u64,
     /// Offset of the last durable checkpoint.
     checkpointed: u64,
+    /// Offset of the last checkpoint started (in the background or not).
+    requested: u64,
     /// Offset up to which writeback has been started.
     kicked: u64,
+    /// A checkpoint running in the background; yields its offset.
+    background: Option<std::thread::JoinHandle<Result<u64>>>,
 }
 
 enum WriterState {
@@ -800,11 +806,44 @@ struct LocalWriter {
 }
 
 impl IngestState {
+    /// Makes everything written durable and records it, waiting for both.
     fn checkpoint(&mut self) -> Result<()> {
+        self.join_background()?;
         let data = self.dir.join("data");
         self.file.sync_data().map_err(io("fdatasync", &data))?;
         write_checkpoint(&self.dir, self.offset, &sha256_digest(&self.hasher))?;
         self.checkpointed = self.offset;
+        self.requested = self.offset;
+        Ok(())
+    }
+
+    /// Waits for a background checkpoint, if one runs.
+    fn join_background(&mut self) -> Result<()> {
+        if let Some(h) = self.background.take() {
+            let off = h
+                .join()
+                .map_err(|_| Error::new(ErrorKind::Internal, "checkpoint thread panicked"))??;
+            self.checkpointed = self.checkpointed.max(off);
+        }
+        Ok(())
+    }
+
+    /// Starts a checkpoint of the bytes so far on a background thread, so hashing and
+    /// copying go on while the disk catches up; at most one runs at a time.
+    fn checkpoint_in_background(&mut self) -> Result<()> {
+        if self.background.as_ref().is_some_and(|h| !h.is_finished()) {
+            return Ok(());
+        }
+        self.join_background()?;
+        let data = self.dir.join("data");
+        let file = self.file.try_clone().map_err(io("dup", &data))?;
+        let (dir, offset, digest) = (self.dir.clone(), self.offset, sha256_digest(&self.hasher));
+        self.requested = offset;
+        self.background = Some(std::thread::spawn(move || {
+            file.sync_data().map_err(io("fdatasync", &data))?;
+            write_checkpoint(&dir, offset, &digest)?;
+            Ok(offset)
+        }));
         Ok(())
     }
 
@@ -842,6 +881,7 @@ impl LocalWriter {
             st.file.set_len(0).map_err(io("truncate ingest", &st.dir))?;
             st.offset = 0;
             st.checkpointed = 0;
+            st.requested = 0;
             st.kicked = 0;
             st.hasher = Sha256::new();
             let mut state = WriterState::Ingest(Box::new(st));
@@ -901,8 +941,8 @@ fn write_into(state: &mut WriterState, data: &[u8], guard: &RefGuard, interval: 
     if st.offset - st.kicked >= WRITEBACK_CHUNK {
         st.kick_writeback();
     }
-    if st.offset - st.checkpointed >= interval {
-        st.checkpoint()?;
+    if st.offset - st.requested >= interval {
+        st.checkpoint_in_background()?;
     }
     Ok(())
 }
@@ -951,9 +991,12 @@ impl Writer for LocalWriter {
             )));
         }
         let st = self.materialize(false)?;
+        // A checkpoint still running for the old bytes must land before the new one.
+        st.join_background()?;
         let data = st.dir.join("data");
         st.file.set_len(0).map_err(io("truncate ingest", &data))?;
         st.offset = 0;
+        st.checkpointed = 0;
         st.kicked = 0;
         st.hasher = Sha256::new();
         st.checkpoint()?;
