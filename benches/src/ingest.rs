@@ -2,8 +2,10 @@
 //! containerd's gRPC Write stream over a unix socket, against `openssl dgst -sha256` of the
 //! same file (the hashing floor), all in one run.
 //!
-//! Usage: `ingest-bench [--size-mib N] [--runs N] [--dir DIR]`. Prints MB/s per path and
-//! the ratio to the floor; medians over the runs.
+//! Usage: `ingest-bench [--size-mib N] [--runs N] [--dir DIR] [--fresh-fs]`. Prints MB/s
+//! per path and the ratio to the floor; medians over the runs. With `--fresh-fs` (root)
+//! every run's store lives on a newly made loop-mounted ext4, so an aged filesystem does
+//! not skew the numbers.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -28,6 +30,7 @@ struct Args {
     size_mib: usize,
     runs: usize,
     dir: Option<PathBuf>,
+    fresh_fs: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -35,6 +38,7 @@ fn parse_args() -> anyhow::Result<Args> {
         size_mib: 1024,
         runs: 3,
         dir: None,
+        fresh_fs: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -43,6 +47,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--size-mib" => a.size_mib = val()?.parse()?,
             "--runs" => a.runs = val()?.parse()?,
             "--dir" => a.dir = Some(val()?.into()),
+            "--fresh-fs" => a.fresh_fs = true,
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -113,6 +118,28 @@ fn time_hash_only(input: &Path) -> anyhow::Result<Duration> {
     }
     std::hint::black_box(h.finalize());
     Ok(t.elapsed())
+}
+
+/// The disk's floor for a durable ingest: copy the file with 4 MiB writes and fdatasync,
+/// no hashing (what `dd conv=fdatasync` does).
+fn time_durable_copy(input: &Path, dir: &Path) -> anyhow::Result<Duration> {
+    let out = dir.join("copy.bin");
+    let mut f = File::open(input)?;
+    let mut buf = vec![0u8; 4 * CHUNK];
+    let t = Instant::now();
+    let mut o = File::create(&out)?;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        o.write_all(&buf[..n])?;
+    }
+    o.sync_data()?;
+    let el = t.elapsed();
+    drop(o);
+    std::fs::remove_file(&out)?;
+    Ok(el)
 }
 
 fn time_in_process(store: &LocalStore, input: &Path, run: usize) -> anyhow::Result<Duration> {
@@ -200,6 +227,108 @@ async fn time_grpc(
     Ok(el)
 }
 
+/// A freshly made ext4 on a loop device, unmounted and removed on drop (needs root).
+struct FreshFs {
+    image: PathBuf,
+    mnt: PathBuf,
+}
+
+impl FreshFs {
+    fn new(base: &Path, run: usize, size: u64) -> anyhow::Result<Self> {
+        let image = base.join(format!("fs-{run}.img"));
+        let mnt = base.join(format!("mnt-{run}"));
+        File::create(&image)?.set_len(size)?;
+        std::fs::create_dir_all(&mnt)?;
+        let sh = |cmd: &mut Command| -> anyhow::Result<()> {
+            let out = cmd.output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))?;
+        sh(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mnt))?;
+        Ok(FreshFs { image, mnt })
+    }
+}
+
+impl Drop for FreshFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// One run of both strata paths on a store rooted at `root`: the in-process writer, then
+/// the gRPC Write stream through a server on a unix socket.
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    root: &Path,
+    input: &Path,
+    want: &str,
+    run: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    let store = LocalStore::open(root, StoreOptions::default())?;
+    if run == 0 {
+        // Check correctness once before timing.
+        let scope = Scope::ns("bench");
+        let mut check = store.writer(
+            &scope,
+            WriterOptions {
+                r#ref: "check".into(),
+                ..Default::default()
+            },
+        )?;
+        let mut f = File::open(input)?;
+        let mut buf = vec![0u8; 4 * CHUNK];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            check.write(&buf[..n])?;
+        }
+        let got = check.commit(0, None, Labels::new())?.to_string();
+        anyhow::ensure!(got == want, "digest mismatch: strata {got}, openssl {want}");
+        store.delete(&scope, &strata_proto::Digest::parse(&got)?)?;
+    }
+    let inproc = time_in_process(&store, input, run)?;
+    let sock = root.join("bench.sock");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let grpc = rt.block_on(async {
+        let listener = UnixListener::bind(&sock)?;
+        let svc = ContentService::new(StoreCell::ready(store.clone())).into_server();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                    let _ = stop_rx.await;
+                }),
+        );
+        let path = sock.clone();
+        let ch = Endpoint::try_from("http://bench.invalid")?
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let p = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
+            }))
+            .await?;
+        let client = ContentClient::new(ch)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20);
+        let t = time_grpc(&client, input, run).await;
+        drop(client);
+        let _ = stop_tx.send(());
+        let _ = server.await;
+        t
+    })?;
+    Ok((inproc, grpc))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let base = args
@@ -213,65 +342,42 @@ fn main() -> anyhow::Result<()> {
     let input = dir.path().join("input.bin");
     eprintln!("writing {} MiB input to {}", args.size_mib, input.display());
     let want = make_input(&input, size)?;
-    let store = LocalStore::open(&dir.path().join("root"), StoreOptions::default())?;
-
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let sock = dir.path().join("bench.sock");
-    let client = rt.block_on(async {
-        let listener = UnixListener::bind(&sock)?;
-        let svc = ContentService::new(StoreCell::ready(store.clone())).into_server();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(UnixListenerStream::new(listener)),
-        );
-        let path = sock.clone();
-        let ch = Endpoint::try_from("http://bench.invalid")?
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let p = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
-            }))
-            .await?;
-        anyhow::Ok(
-            ContentClient::new(ch)
-                .max_decoding_message_size(16 << 20)
-                .max_encoding_message_size(16 << 20),
-        )
-    })?;
-
-    // Check correctness once before timing.
-    let mut check = store.writer(
-        &Scope::ns("bench"),
-        WriterOptions {
-            r#ref: "check".into(),
-            ..Default::default()
-        },
-    )?;
-    let mut f = File::open(&input)?;
-    let mut buf = vec![0u8; 4 * CHUNK];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        check.write(&buf[..n])?;
-    }
-    let got = check.commit(0, None, Labels::new())?.to_string();
-    anyhow::ensure!(got == want, "digest mismatch: strata {got}, openssl {want}");
-    store.delete(&Scope::ns("bench"), &strata_proto::Digest::parse(&got)?)?;
-
-    let (mut floor, mut inproc, mut grpc, mut hash) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut floor, mut inproc, mut grpc, mut hash, mut copy) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..args.runs {
         floor.push(time_openssl(&input)?);
         hash.push(time_hash_only(&input)?);
-        inproc.push(time_in_process(&store, &input, run)?);
-        grpc.push(rt.block_on(time_grpc(&client, &input, run))?);
+        let fs = if args.fresh_fs {
+            Some(FreshFs::new(
+                dir.path(),
+                run,
+                2 * size as u64 + (512 << 20),
+            )?)
+        } else {
+            None
+        };
+        let root = match &fs {
+            Some(f) => f.mnt.join("root"),
+            None => dir.path().join(format!("root-{run}")),
+        };
+        std::fs::create_dir_all(&root)?;
+        copy.push(time_durable_copy(&input, &root)?);
+        let (i, g) = measure(&rt, &root, &input, &want, run)?;
+        inproc.push(i);
+        grpc.push(g);
+        drop(fs);
     }
     let bytes = size as u64;
-    let (f, i, g, h) = (median(floor), median(inproc), median(grpc), median(hash));
+    let (f, i, g, h, c) = (
+        median(floor),
+        median(inproc),
+        median(grpc),
+        median(hash),
+        median(copy),
+    );
     println!(
         "ingest of {} MiB, median of {} runs (digest {want})",
         args.size_mib, args.runs
@@ -288,6 +394,12 @@ fn main() -> anyhow::Result<()> {
         "sha2 hash only (no writes)",
         mbps(bytes, h),
         f.as_secs_f64() / h.as_secs_f64()
+    );
+    println!(
+        "{:<28} {:>10.0} {:>10.2}",
+        "disk: copy + fdatasync",
+        mbps(bytes, c),
+        f.as_secs_f64() / c.as_secs_f64()
     );
     println!(
         "{:<28} {:>10.0} {:>10.2}",
