@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::Subcommand;
-use hyper_util::rt::TokioIo;
 use strata_proto::containerd::services::content::v1 as pb;
 use strata_proto::containerd::services::content::v1::content_client::ContentClient;
 use strata_proto::containerd::services::leases::v1 as lpb;
@@ -15,10 +14,9 @@ use strata_proto::containerd::services::leases::v1::leases_client::LeasesClient;
 use strata_proto::strata::v1::admin_client::AdminClient;
 use strata_proto::time::from_timestamp;
 use strata_proto::{Digest, NAMESPACE_HEADER};
-use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 /// A connection to the daemon plus the namespace requests carry.
@@ -35,17 +33,9 @@ fn rpc(what: &str, s: &tonic::Status) -> anyhow::Error {
 impl Client {
     /// Connects to the daemon's unix socket.
     pub(crate) async fn connect(address: &Path, namespace: &str) -> anyhow::Result<Self> {
-        let path = address.to_owned();
-        let channel =
-            Endpoint::try_from("http://strata.invalid")?
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                    }
-                }))
-                .await
-                .with_context(|| format!("connect to strata daemon at {}", address.display()))?;
+        let channel = strata_proto::transport::connect_unix(address)
+            .await
+            .with_context(|| format!("connect to strata daemon at {}", address.display()))?;
         Ok(Client {
             channel,
             namespace: namespace.to_owned(),
@@ -442,7 +432,7 @@ pub(crate) async fn ingest(
             .send(pb::WriteContentRequest {
                 action: pb::WriteAction::Write as i32,
                 offset: i64::try_from(offset)?,
-                data,
+                data: data.into(),
                 ..Default::default()
             })
             .await

@@ -206,7 +206,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         store: cell.clone(),
         root: opts.root.clone(),
     };
-    let served = tonic::transport::Server::builder()
+    let served = strata_proto::transport::server()
         .add_service(ContentService::new(cell.clone()).into_server())
         .add_service(LeasesService::new(cell.clone()).into_server())
         .add_service(spb::admin_server::AdminServer::new(admin))

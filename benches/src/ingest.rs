@@ -14,15 +14,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hyper_util::rt::TokioIo;
 use strata_content::service::{ContentService, StoreCell};
 use strata_content::{Ingester, Labels, LocalStore, Manager, Scope, StoreOptions, WriterOptions};
 use strata_proto::containerd::services::content::v1 as pb;
 use strata_proto::containerd::services::content::v1::content_client::ContentClient;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
-use tonic::transport::{Endpoint, Uri};
 
 const CHUNK: usize = 1 << 20;
 
@@ -200,7 +198,7 @@ async fn time_grpc(
             tx.blocking_send(pb::WriteContentRequest {
                 action: pb::WriteAction::Write as i32,
                 offset: off as i64,
-                data: buf,
+                data: buf.into(),
                 ..Default::default()
             })?;
             off += n as u64;
@@ -304,19 +302,13 @@ fn measure(
         let listener = UnixListener::bind(&sock)?;
         let svc = ContentService::new(StoreCell::ready(store.clone())).into_server();
         let server = tokio::spawn(
-            tonic::transport::Server::builder()
+            strata_proto::transport::server()
                 .add_service(svc)
                 .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
                     let _ = stop_rx.await;
                 }),
         );
-        let path = sock.clone();
-        let ch = Endpoint::try_from("http://bench.invalid")?
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let p = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
-            }))
-            .await?;
+        let ch = strata_proto::transport::connect_unix(&sock).await?;
         let client = ContentClient::new(ch)
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(16 << 20);

@@ -232,7 +232,7 @@ impl Writer for GrpcWriter {
             self.round_trip(pb::WriteContentRequest {
                 action: pb::WriteAction::Write as i32,
                 offset,
-                data: chunk.to_vec(),
+                data: chunk.to_vec().into(),
                 ..Default::default()
             })?;
         }

@@ -307,7 +307,7 @@ impl pb::content_server::Content for ContentService {
                     Ok(buf) => {
                         let m = pb::ReadContentResponse {
                             offset: off as i64,
-                            data: buf,
+                            data: buf.into(),
                         };
                         off += m.data.len() as u64;
                         Ok(m)

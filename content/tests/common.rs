@@ -5,12 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use hyper_util::rt::TokioIo;
 use strata_content::service::{ContentService, LeasesService, StoreCell};
 use strata_content::{GrpcStore, LocalStore, SharingPolicy, StoreOptions};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::{Endpoint, Uri};
 
 /// A store under test plus what keeps it alive.
 pub struct Harness {
@@ -52,25 +50,14 @@ pub fn serve(store: LocalStore, sock: &Path) -> (Arc<tokio::runtime::Runtime>, G
     let listener = rt.block_on(async { UnixListener::bind(sock).unwrap() });
     let cell = StoreCell::ready(store);
     rt.spawn(
-        tonic::transport::Server::builder()
+        strata_proto::transport::server()
             .add_service(ContentService::new(cell.clone()).into_server())
             .add_service(LeasesService::new(cell).into_server())
             .serve_with_incoming(UnixListenerStream::new(listener)),
     );
-    let path = sock.to_owned();
-    let channel =
-        rt
-            .block_on(
-                Endpoint::try_from("http://test.invalid")
-                    .unwrap()
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let p = path.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?))
-                        }
-                    })),
-            )
-            .unwrap();
+    let channel = rt
+        .block_on(strata_proto::transport::connect_unix(sock))
+        .unwrap();
     let client = GrpcStore::new(channel, rt.handle().clone());
     (rt, client)
 }

@@ -13,6 +13,7 @@
 //! - [`filter`]: containerd's filter grammar (`==`, `!=`, `~=`, presence, quoted label
 //!   keys, comma = AND, repeated filters = OR).
 //! - [`time`]: conversions between `SystemTime` and `google.protobuf.Timestamp`.
+//! - [`transport`]: gRPC over unix sockets with strata's HTTP/2 settings.
 //!
 //! A request flows in as generated types, is validated here (digests, filters), is served
 //! by a lower crate's transport-agnostic trait, and its error goes back out through
@@ -22,6 +23,7 @@ mod digest;
 mod errdefs;
 pub mod filter;
 pub mod time;
+pub mod transport;
 
 pub use digest::{Algorithm, Digest, DigestError};
 pub use errdefs::{ErrorKind, HasKind, kind_from_status, status_from_error};

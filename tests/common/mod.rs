@@ -7,10 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use strata_content::GrpcStore;
-use tokio::net::UnixStream;
-use tonic::transport::{Endpoint, Uri};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_strata");
 
@@ -144,18 +141,8 @@ impl Daemon {
 
     /// A gRPC client of this daemon (content + leases), driven on `rt`.
     pub fn client(&self, rt: &tokio::runtime::Runtime) -> GrpcStore {
-        let path = self.sock.clone();
         let channel = rt
-            .block_on(
-                Endpoint::try_from("http://test.invalid")
-                    .unwrap()
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let p = path.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?))
-                        }
-                    })),
-            )
+            .block_on(strata_proto::transport::connect_unix(&self.sock))
             .unwrap();
         GrpcStore::new(channel, rt.handle().clone())
     }
