@@ -11,12 +11,15 @@ use tonic::transport::{Channel, Endpoint, Server, Uri};
 
 /// Per-stream HTTP/2 window.
 const STREAM_WINDOW: u32 = 8 << 20;
+/// Largest HTTP/2 frame a peer may send us: a 1 MiB message in a few frames rather than 64.
+const MAX_FRAME: u32 = 1 << 20;
 /// Per-connection HTTP/2 window.
 const CONNECTION_WINDOW: u32 = 32 << 20;
 
 /// A tonic server builder with strata's transport settings.
 pub fn server() -> Server {
     Server::builder()
+        .max_frame_size(Some(MAX_FRAME))
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
 }
