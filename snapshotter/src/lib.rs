@@ -1,0 +1,22 @@
+//! strata's snapshotters.
+//!
+//! Map of the crate (the backends arrive with the snapshotter issue):
+//! - [`api`]: the [`Snapshotter`] contract (prepare, view, mounts, commit, remove, stat,
+//!   update, usage, walk) and capability traits such as [`Cleanup`].
+//! - [`meta`]: the [`MetaStore`] every backend shares: ids, kinds, parent chains, labels
+//!   and usage in RocksDB, one atomic batch per operation. Backends own only directories
+//!   named by snapshot id.
+//!
+//! A layer import flows: `prepare(key, parent)` -> the backend asks the MetaStore for a
+//! new id and the parent chain, makes `<id>/` and returns mounts -> the caller applies the
+//! layer -> `commit(name, key)` measures usage and records it under `name`.
+
+#![warn(missing_docs)]
+
+pub mod api;
+mod error;
+pub mod meta;
+
+pub use api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter, Usage};
+pub use error::{Error, ErrorKind, Result};
+pub use meta::{MetaStore, Snapshot};
