@@ -262,6 +262,13 @@ impl Drop for FreshFs {
     }
 }
 
+/// Flushes dirty data and gives the disk a moment, so the next measurement starts level.
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::thread::sleep(Duration::from_millis(500));
+}
+
 /// One run of both strata paths on a store rooted at `root`: the in-process writer, then
 /// the gRPC Write stream through a server on a unix socket.
 fn measure(
@@ -295,7 +302,15 @@ fn measure(
         anyhow::ensure!(got == want, "digest mismatch: strata {got}, openssl {want}");
         store.delete(&scope, &strata_proto::Digest::parse(&got)?)?;
     }
-    let inproc = time_in_process(&store, input, run)?;
+    // Alternate which path goes first, and let the disk settle before each, so neither
+    // path always inherits the other's writeback and block freeing.
+    let inproc_first = run.is_multiple_of(2);
+    let mut inproc = Duration::ZERO;
+    if inproc_first {
+        settle();
+        inproc = time_in_process(&store, input, run)?;
+    }
+    settle();
     let sock = root.join("bench.sock");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let grpc = rt.block_on(async {
@@ -318,6 +333,10 @@ fn measure(
         let _ = server.await;
         t
     })?;
+    if !inproc_first {
+        settle();
+        inproc = time_in_process(&store, input, run)?;
+    }
     Ok((inproc, grpc))
 }
 
