@@ -1,11 +1,13 @@
 //! strata's snapshotters.
 //!
-//! Map of the crate (the backends arrive with the snapshotter issue):
+//! Map of the crate (btrfs, native, the gRPC service and the conformance suite arrive
+//! with the snapshotter issue):
 //! - [`api`]: the [`Snapshotter`] contract (prepare, view, mounts, commit, remove, stat,
 //!   update, usage, walk) and capability traits such as [`Cleanup`].
 //! - [`meta`]: the [`MetaStore`] every backend shares: ids, kinds, parent chains, labels
 //!   and usage in RocksDB, one atomic batch per operation. Backends own only directories
 //!   named by snapshot id.
+//! - [`overlay`]: the overlayfs backend, laid out and mounted as containerd's.
 //!
 //! A layer import flows: `prepare(key, parent)` -> the backend asks the MetaStore for a
 //! new id and the parent chain, makes `<id>/` and returns mounts -> the caller applies the
@@ -16,7 +18,9 @@
 pub mod api;
 mod error;
 pub mod meta;
+pub mod overlay;
 
 pub use api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter, Usage};
 pub use error::{Error, ErrorKind, Result};
 pub use meta::{MetaStore, Snapshot};
+pub use overlay::{OverlayOptions, OverlaySnapshotter};
