@@ -34,4 +34,5 @@ pub use api::{
 pub use client::GrpcStore;
 pub use error::{Error, ErrorKind, Result};
 pub use leases::{GC_EXPIRE, GC_FLAT, GC_REF_CONTENT, GC_ROOT, GcReport, parse_rfc3339};
+pub use meta::open_versioned as open_versioned_db;
 pub use store::{LocalStore, SHAREABLE_LABEL, SharingPolicy, StoreOptions};

@@ -103,6 +103,37 @@ pub(crate) fn map_to_labels(m: &HashMap<String, String>) -> Labels {
     m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+/// Opens (creating) a RocksDB database whose key `v` holds its schema version: writes
+/// `version` into a new database, and refuses one written with another version. Shared by
+/// every strata store that keeps metadata in RocksDB.
+pub fn open_versioned(path: &Path, version: &str) -> Result<DB> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.set_keep_log_file_num(4);
+    opts.set_max_log_file_size(4 << 20);
+    let db = DB::open(&opts, path).map_err(|e| Error::db("open", e))?;
+    match db
+        .get(b"v")
+        .map_err(|e| Error::db("read schema version", e))?
+    {
+        None => db
+            .put(b"v", version)
+            .map_err(|e| Error::db("write schema version", e))?,
+        Some(v) if v == version.as_bytes() => {}
+        Some(v) => {
+            return Err(Error::new(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "{} has schema version {:?}, this strata reads {version}",
+                    path.display(),
+                    String::from_utf8_lossy(&v)
+                ),
+            ));
+        }
+    }
+    Ok(db)
+}
+
 /// The opened database.
 pub(crate) struct Meta {
     db: DB,
@@ -110,29 +141,7 @@ pub(crate) struct Meta {
 
 impl Meta {
     pub(crate) fn open(path: &Path) -> Result<Self> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.set_keep_log_file_num(4);
-        opts.set_max_log_file_size(4 << 20);
-        let db = DB::open(&opts, path).map_err(|e| Error::db("open", e))?;
-        match db
-            .get(b"v")
-            .map_err(|e| Error::db("read schema version", e))?
-        {
-            None => db
-                .put(b"v", SCHEMA_VERSION)
-                .map_err(|e| Error::db("write schema version", e))?,
-            Some(v) if v == SCHEMA_VERSION.as_bytes() => {}
-            Some(v) => {
-                return Err(Error::new(
-                    ErrorKind::FailedPrecondition,
-                    format!(
-                        "metadata schema version {:?} is not {SCHEMA_VERSION}",
-                        String::from_utf8_lossy(&v)
-                    ),
-                ));
-            }
-        }
+        let db = open_versioned(path, SCHEMA_VERSION)?;
         Ok(Meta { db })
     }
 

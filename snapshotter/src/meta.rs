@@ -23,8 +23,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use prost::Message;
-use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
-use strata_proto::MAX_LABEL_SIZE;
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 use strata_proto::filter::{Adaptor, Filter, label_field};
 use strata_proto::time::{from_nanos, to_nanos};
 
@@ -123,18 +122,8 @@ fn validate_key(what: &str, key: &str) -> Result<()> {
 }
 
 fn validate_labels(labels: &Labels) -> Result<()> {
-    for (k, v) in labels {
-        if k.is_empty() || k.len() + v.len() > MAX_LABEL_SIZE {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "label key and value length ({} bytes) greater than maximum size ({MAX_LABEL_SIZE} bytes) or empty key",
-                    k.len() + v.len()
-                ),
-            ));
-        }
-    }
-    Ok(())
+    strata_content::api::validate_labels(labels)
+        .map_err(|e| Error::new(e.kind(), "invalid snapshot labels").with_source(e))
 }
 
 fn to_info(name: String, r: &SnapshotRecord) -> Result<Info> {
@@ -175,28 +164,8 @@ pub struct MetaStore {
 impl MetaStore {
     /// Opens (creating) the store at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.set_keep_log_file_num(4);
-        let db = DB::open(&opts, path).map_err(|e| Error::db("open", e))?;
-        match db
-            .get(b"v")
-            .map_err(|e| Error::db("read schema version", e))?
-        {
-            None => db
-                .put(b"v", SCHEMA_VERSION)
-                .map_err(|e| Error::db("write schema version", e))?,
-            Some(v) if v == SCHEMA_VERSION.as_bytes() => {}
-            Some(v) => {
-                return Err(Error::new(
-                    ErrorKind::FailedPrecondition,
-                    format!(
-                        "snapshot schema version {:?} is not {SCHEMA_VERSION}",
-                        String::from_utf8_lossy(&v)
-                    ),
-                ));
-            }
-        }
+        let db = strata_content::open_versioned_db(path, SCHEMA_VERSION)
+            .map_err(|e| Error::new(e.kind(), "open snapshot metadata").with_source(e))?;
         Ok(MetaStore {
             db,
             write: Mutex::new(()),
