@@ -9,9 +9,18 @@ use std::process::Command;
 use common::{Daemon, stderr, stdout};
 use strata_content::testsuite::digest_of;
 
+/// The harness library of the checkout being tested: looked up at run time (cargo sets
+/// `CARGO_MANIFEST_DIR` for test processes), since a test binary reused from a shared
+/// target dir may have been compiled in another checkout.
+fn harness_lib() -> String {
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    format!("{dir}/tests/harness/lib.sh")
+}
+
 /// Runs a harness function (tests/harness/lib.sh) and returns its trimmed stdout.
 fn harness(env: &[(&str, &str)], args: &[&str]) -> String {
-    let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/harness/lib.sh");
+    let lib = harness_lib();
     let mut cmd = Command::new("bash");
     cmd.arg("-c")
         .arg(format!("source {lib}; \"$@\""))
@@ -34,7 +43,7 @@ struct Cleanup<'a>(&'a Path);
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         let wd = self.0.to_str().unwrap();
-        let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/harness/lib.sh");
+        let lib = harness_lib();
         let _ = Command::new("bash")
             .arg("-c")
             .arg(format!("source {lib}; stop_all {wd}"))

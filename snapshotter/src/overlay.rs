@@ -14,6 +14,7 @@
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::warn;
 
@@ -45,6 +46,11 @@ fn io(op: &str, path: &Path, e: std::io::Error) -> Error {
         ErrorKind::Internal
     };
     Error::new(kind, format!("{op} {}", path.display())).with_source(e)
+}
+
+/// Prefix of this process's temp dirs for snapshots being created.
+fn temp_prefix() -> String {
+    format!("new-{}-", std::process::id())
 }
 
 /// Whether the running kernel's overlay module supports `index=off`.
@@ -145,11 +151,12 @@ impl OverlaySnapshotter {
         // The directory is made first under a temp name and renamed into place once the
         // metadata exists, so neither can exist without the other for long; Cleanup
         // removes a temp dir a crash leaves behind.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .root
             .join("snapshots")
-            .join(format!("new-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&tmp);
+            .join(format!("{}{n}", temp_prefix()));
         let mk = |p: &Path, mode: u32| {
             fs::DirBuilder::new()
                 .mode(mode)
@@ -248,8 +255,9 @@ impl Cleanup for OverlaySnapshotter {
         for entry in fs::read_dir(&snaps).map_err(|e| io("read directory", &snaps, e))? {
             let entry = entry.map_err(|e| io("read directory", &snaps, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            // Temp dirs of this process belong to creations in flight.
             let live = name.parse::<u64>().is_ok_and(|id| ids.contains_key(&id))
-                || name == format!("new-{}", std::process::id());
+                || name.starts_with(&temp_prefix());
             // Only direct children of our own directory are removed, by their own path:
             // nothing inside a snapshot (which a container can change) is followed.
             if !live && entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {

@@ -166,3 +166,29 @@ fn root_is_0755_and_cleanup_removes_strays() {
     assert!(Path::new(&m[0].source).exists());
     assert_eq!(sn.mounts("k").unwrap(), m);
 }
+
+#[test]
+fn concurrent_prepares_get_distinct_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let sn =
+        std::sync::Arc::new(OverlaySnapshotter::new(&root, OverlayOptions::default()).unwrap());
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let sn = sn.clone();
+            std::thread::spawn(move || sn.prepare(&format!("k{i}"), None, Labels::new()).unwrap())
+        })
+        .collect();
+    let mut sources: Vec<String> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap()[0].source.clone())
+        .collect();
+    sources.sort();
+    sources.dedup();
+    assert_eq!(sources.len(), 8);
+    for s in &sources {
+        assert!(Path::new(s).is_dir(), "{s}");
+    }
+    let dirs = std::fs::read_dir(root.join("snapshots")).unwrap().count();
+    assert_eq!(dirs, 8, "no temp dir is left behind");
+}
