@@ -4,6 +4,7 @@
 //! locked (a second daemon on the same root fails here), the socket is bound, and only
 //! then are the stores opened; requests that arrive meanwhile wait for them.
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
@@ -15,6 +16,9 @@ use anyhow::{Context as _, bail};
 use strata_content::service::{ContentService, LeasesService, StoreCell};
 use strata_content::{LocalStore, SharingPolicy, StoreOptions};
 use strata_proto::strata::v1 as spb;
+use strata_snapshotter::overlay::kernel_supports_index;
+use strata_snapshotter::service::{Backends, BackendsCell, SnapshotsService};
+use strata_snapshotter::{OverlayOptions, OverlaySnapshotter, Snapshotter};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
@@ -157,6 +161,7 @@ impl spb::admin_server::Admin for Admin {
 
 const SERVICES: &[&str] = &[
     "containerd.services.content.v1.Content",
+    "containerd.services.snapshots.v1.Snapshots",
     "containerd.services.leases.v1.Leases",
     "strata.v1.Admin",
 ];
@@ -177,20 +182,22 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     info!(address = %opts.address.display(), root = %opts.root.display(), "listening");
 
     let (setter, cell) = StoreCell::pending();
+    let (snap_setter, snap_cell) = BackendsCell::pending();
     let (root, store_opts) = (opts.root.clone(), opts.store.clone());
     let fatal: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
     let failed = Arc::new(Notify::new());
     let gc_interval = opts.gc_interval;
     let (fatal2, failed2) = (fatal.clone(), failed.clone());
     tokio::spawn(async move {
-        let opened = tokio::task::spawn_blocking(move || LocalStore::open(&root, store_opts))
+        let opened = tokio::task::spawn_blocking(move || open_stores(&root, store_opts))
             .await
-            .map_err(|e| anyhow::anyhow!("open content store: {e}"))
-            .and_then(|r| r.map_err(|e| anyhow::Error::new(e).context("open content store")));
+            .map_err(|e| anyhow::anyhow!("open stores: {e}"))
+            .and_then(|r| r);
         match opened {
-            Ok(store) => {
-                info!("content store ready");
+            Ok((store, backends)) => {
+                info!("content store and snapshotters ready");
                 setter.set(store.clone());
+                snap_setter.set(backends);
                 if let Some(every) = gc_interval {
                     run_gc_loop(store, every).await;
                 }
@@ -209,6 +216,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let served = strata_proto::transport::server()
         .add_service(ContentService::new(cell.clone()).into_server())
         .add_service(LeasesService::new(cell.clone()).into_server())
+        .add_service(SnapshotsService::new(snap_cell).into_server())
         .add_service(spb::admin_server::AdminServer::new(admin))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
             tokio::select! {
@@ -226,6 +234,28 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Opens the content store and the snapshotter backends (overlayfs, the default).
+fn open_stores(root: &Path, opts: StoreOptions) -> anyhow::Result<(LocalStore, Backends)> {
+    let store = LocalStore::open(root, opts).context("open content store")?;
+    let overlay = OverlaySnapshotter::new(
+        &root.join("snapshots").join("overlayfs"),
+        OverlayOptions {
+            index_off: kernel_supports_index(),
+            ..OverlayOptions::default()
+        },
+    )
+    .context("open overlayfs snapshotter")?;
+    let mut by_name: HashMap<String, Arc<dyn Snapshotter>> = HashMap::new();
+    by_name.insert("overlayfs".into(), Arc::new(overlay));
+    Ok((
+        store,
+        Backends {
+            by_name,
+            default: "overlayfs".into(),
+        },
+    ))
 }
 
 async fn run_gc_loop(store: LocalStore, every: Duration) {

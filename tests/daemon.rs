@@ -323,3 +323,156 @@ fn kill9_during_commit_leaves_old_or_new_state() {
         assert!(d.logs().contains("failpoint reached"), "{point}");
     }
 }
+
+#[test]
+fn snapshots_over_the_daemon_socket() {
+    use strata_proto::containerd::services::snapshots::v1 as pb;
+    use strata_proto::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let rt = runtime();
+    rt.block_on(async {
+        let ch = strata_proto::transport::connect_unix(&d.sock)
+            .await
+            .unwrap();
+        let mut c = SnapshotsClient::new(ch);
+        let prep = |sn: &str, key: &str, parent: &str| pb::PrepareSnapshotRequest {
+            snapshotter: sn.into(),
+            key: key.into(),
+            parent: parent.into(),
+            labels: Default::default(),
+        };
+        let m = c
+            .prepare(prep("overlayfs", "k1", ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].r#type, "bind");
+        assert!(m[0].source.starts_with(d.root.to_str().unwrap()));
+        c.commit(pb::CommitSnapshotRequest {
+            snapshotter: "overlayfs".into(),
+            name: "base".into(),
+            key: "k1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // Any other snapshotter name routes to the default backend.
+        let m = c
+            .prepare(prep("strata", "k2", "base"))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        assert_eq!(m[0].r#type, "overlay");
+        let st = c
+            .stat(pb::StatSnapshotRequest {
+                snapshotter: String::new(),
+                key: "k2".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .info
+            .unwrap();
+        assert_eq!(
+            (st.kind, st.parent.as_str()),
+            (pb::Kind::Active as i32, "base")
+        );
+
+        let lc = c.clone();
+        let list = |filters: Vec<String>| {
+            let mut c = lc.clone();
+            async move {
+                let mut s = c
+                    .list(pb::ListSnapshotsRequest {
+                        snapshotter: "overlayfs".into(),
+                        filters,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let mut names = Vec::new();
+                while let Some(m) = s.message().await.unwrap() {
+                    names.extend(m.info.into_iter().map(|i| i.name));
+                }
+                names.sort();
+                names
+            }
+        };
+        assert_eq!(list(vec!["parent==base".into()]).await, vec!["k2"]);
+        assert_eq!(list(vec!["kind==committed".into()]).await, vec!["base"]);
+        assert_eq!(list(vec![]).await, vec!["base", "k2"]);
+
+        // Hostile and invalid requests: clear codes, nothing changed.
+        let code = |r: Result<tonic::Response<pb::PrepareSnapshotResponse>, tonic::Status>| {
+            r.unwrap_err().code()
+        };
+        assert_eq!(
+            code(c.prepare(prep("", "k3", "missing")).await),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(c.prepare(prep("", "k3", "k2")).await),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(c.prepare(prep("", "k2", "")).await),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            code(c.prepare(prep("", "", "")).await),
+            Code::InvalidArgument
+        );
+        let upd = pb::UpdateSnapshotRequest {
+            snapshotter: String::new(),
+            info: Some(pb::Info {
+                name: "base".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["parent".into()],
+            }),
+        };
+        assert_eq!(
+            c.update(upd).await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        let bad_filter = c
+            .list(pb::ListSnapshotsRequest {
+                snapshotter: String::new(),
+                filters: vec!["kind==".into()],
+            })
+            .await;
+        assert_eq!(
+            bad_filter.err().map(|s| s.code()),
+            Some(Code::InvalidArgument)
+        );
+        let rm = |key: &str| pb::RemoveSnapshotRequest {
+            snapshotter: String::new(),
+            key: key.into(),
+        };
+        assert_eq!(
+            c.remove(rm("base")).await.unwrap_err().code(),
+            Code::FailedPrecondition
+        );
+        assert_eq!(list(vec![]).await, vec!["base", "k2"]);
+
+        let u = c
+            .usage(pb::UsageRequest {
+                snapshotter: String::new(),
+                key: "base".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(u.inodes >= 0 && u.size >= 0);
+        c.remove(rm("k2")).await.unwrap();
+        c.remove(rm("base")).await.unwrap();
+        assert!(list(vec![]).await.is_empty());
+    });
+}

@@ -8,6 +8,8 @@
 //!   and usage in RocksDB, one atomic batch per operation. Backends own only directories
 //!   named by snapshot id.
 //! - [`overlay`]: the overlayfs backend, laid out and mounted as containerd's.
+//! - [`service`]: `containerd.services.snapshots.v1` over the backends, routed by the
+//!   request's snapshotter name (unknown or empty: the default backend).
 //!
 //! A layer import flows: `prepare(key, parent)` -> the backend asks the MetaStore for a
 //! new id and the parent chain, makes `<id>/` and returns mounts -> the caller applies the
@@ -19,6 +21,7 @@ pub mod api;
 mod error;
 pub mod meta;
 pub mod overlay;
+pub mod service;
 
 pub use api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter, Usage};
 pub use error::{Error, ErrorKind, Result};

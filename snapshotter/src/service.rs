@@ -1,0 +1,286 @@
+//! `containerd.services.snapshots.v1.Snapshots` over any [`Snapshotter`]s.
+//!
+//! Each request names its snapshotter; an unknown or empty name goes to the default
+//! backend, so a containerd proxy plugin of any name works. Backends may still be opening
+//! when the socket is bound: requests wait for them.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use strata_proto::containerd::services::snapshots::v1 as pb;
+use strata_proto::containerd::types::Mount as PbMount;
+use strata_proto::status_from_error;
+use strata_proto::time::{from_timestamp, to_timestamp};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::api::{Info, Kind, Labels, Mount, Snapshotter};
+use crate::error::Result;
+
+/// The backends a service routes to, by name, plus the default.
+#[derive(Clone)]
+pub struct Backends {
+    /// Backends by snapshotter name.
+    pub by_name: HashMap<String, Arc<dyn Snapshotter>>,
+    /// Name of the backend for unknown or empty names.
+    pub default: String,
+}
+
+/// The backends, possibly still opening.
+#[derive(Clone)]
+pub struct BackendsCell(watch::Receiver<Option<Backends>>);
+
+/// Publishes opened backends to a [`BackendsCell`].
+pub struct BackendsSetter(watch::Sender<Option<Backends>>);
+
+impl BackendsCell {
+    /// A cell that is ready now.
+    pub fn ready(b: Backends) -> Self {
+        BackendsCell(watch::channel(Some(b)).1)
+    }
+
+    /// A cell filled later through the setter.
+    pub fn pending() -> (BackendsSetter, Self) {
+        let (tx, rx) = watch::channel(None);
+        (BackendsSetter(tx), BackendsCell(rx))
+    }
+
+    async fn get(&self, name: &str) -> Result<Arc<dyn Snapshotter>, Status> {
+        let mut rx = self.0.clone();
+        let r = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Status::unavailable("snapshotters failed to open"))?;
+        let b = r.as_ref().expect("checked by wait_for");
+        b.by_name
+            .get(name)
+            .or_else(|| b.by_name.get(&b.default))
+            .cloned()
+            .ok_or_else(|| Status::failed_precondition("no snapshotter is configured"))
+    }
+}
+
+impl BackendsSetter {
+    /// Publishes the backends.
+    pub fn set(self, b: Backends) {
+        let _ = self.0.send(Some(b));
+    }
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, Status>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("snapshotter task failed: {e}")))?
+        .map_err(|e| status_from_error(&e))
+}
+
+fn mounts_out(m: Vec<Mount>) -> Vec<PbMount> {
+    m.into_iter()
+        .map(|m| PbMount {
+            r#type: m.r#type,
+            source: m.source,
+            target: m.target,
+            options: m.options,
+        })
+        .collect()
+}
+
+fn info_out(i: &Info) -> pb::Info {
+    pb::Info {
+        name: i.name.clone(),
+        parent: i.parent.clone().unwrap_or_default(),
+        kind: match i.kind {
+            Kind::View => pb::Kind::View,
+            Kind::Active => pb::Kind::Active,
+            Kind::Committed => pb::Kind::Committed,
+        } as i32,
+        created_at: Some(to_timestamp(i.created_at)),
+        updated_at: Some(to_timestamp(i.updated_at)),
+        labels: i
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn labels_in(m: HashMap<String, String>) -> Labels {
+    m.into_iter().collect()
+}
+
+fn parent(p: &str) -> Option<String> {
+    (!p.is_empty()).then(|| p.to_owned())
+}
+
+/// The snapshots.v1 service.
+#[derive(Clone)]
+pub struct SnapshotsService {
+    backends: BackendsCell,
+}
+
+impl SnapshotsService {
+    /// Serves `backends`.
+    pub fn new(backends: BackendsCell) -> Self {
+        SnapshotsService { backends }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> pb::snapshots_server::SnapshotsServer<Self> {
+        pb::snapshots_server::SnapshotsServer::new(self)
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::snapshots_server::Snapshots for SnapshotsService {
+    async fn prepare(
+        &self,
+        req: Request<pb::PrepareSnapshotRequest>,
+    ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let sn = self.backends.get(&r.snapshotter).await?;
+        let mounts =
+            blocking(move || sn.prepare(&r.key, parent(&r.parent).as_deref(), labels_in(r.labels)))
+                .await?;
+        Ok(Response::new(pb::PrepareSnapshotResponse {
+            mounts: mounts_out(mounts),
+        }))
+    }
+
+    async fn view(
+        &self,
+        req: Request<pb::ViewSnapshotRequest>,
+    ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let sn = self.backends.get(&r.snapshotter).await?;
+        let mounts =
+            blocking(move || sn.view(&r.key, parent(&r.parent).as_deref(), labels_in(r.labels)))
+                .await?;
+        Ok(Response::new(pb::ViewSnapshotResponse {
+            mounts: mounts_out(mounts),
+        }))
+    }
+
+    async fn mounts(
+        &self,
+        req: Request<pb::MountsRequest>,
+    ) -> Result<Response<pb::MountsResponse>, Status> {
+        let r = req.into_inner();
+        let sn = self.backends.get(&r.snapshotter).await?;
+        let mounts = blocking(move || sn.mounts(&r.key)).await?;
+        Ok(Response::new(pb::MountsResponse {
+            mounts: mounts_out(mounts),
+        }))
+    }
+
+    async fn commit(
+        &self,
+        req: Request<pb::CommitSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
+        let r = req.into_inner();
+        if !r.parent.is_empty() {
+            // Rebase is a capability strata does not advertise yet.
+            return Err(Status::unimplemented("commit with a new parent (rebase)"));
+        }
+        let sn = self.backends.get(&r.snapshotter).await?;
+        blocking(move || sn.commit(&r.name, &r.key, labels_in(r.labels))).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
+        let r = req.into_inner();
+        let sn = self.backends.get(&r.snapshotter).await?;
+        blocking(move || sn.remove(&r.key)).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn stat(
+        &self,
+        req: Request<pb::StatSnapshotRequest>,
+    ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let sn = self.backends.get(&r.snapshotter).await?;
+        let info = blocking(move || sn.stat(&r.key)).await?;
+        Ok(Response::new(pb::StatSnapshotResponse {
+            info: Some(info_out(&info)),
+        }))
+    }
+
+    async fn update(
+        &self,
+        req: Request<pb::UpdateSnapshotRequest>,
+    ) -> Result<Response<pb::UpdateSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let i = r
+            .info
+            .ok_or_else(|| Status::invalid_argument("update request has no info"))?;
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let sn = self.backends.get(&r.snapshotter).await?;
+        let now = std::time::SystemTime::now();
+        let info = Info {
+            name: i.name,
+            parent: parent(&i.parent),
+            kind: Kind::Active,
+            created_at: i.created_at.as_ref().map_or(now, from_timestamp),
+            updated_at: now,
+            labels: labels_in(i.labels),
+        };
+        let info = blocking(move || sn.update(info, &paths)).await?;
+        Ok(Response::new(pb::UpdateSnapshotResponse {
+            info: Some(info_out(&info)),
+        }))
+    }
+
+    type ListStream = BoxStream<pb::ListSnapshotsResponse>;
+
+    async fn list(
+        &self,
+        req: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        let r = req.into_inner();
+        let sn = self.backends.get(&r.snapshotter).await?;
+        let infos = blocking(move || {
+            let mut v = Vec::new();
+            sn.walk(&r.filters, &mut |i| {
+                v.push(info_out(&i));
+                Ok(())
+            })?;
+            Ok(v)
+        })
+        .await?;
+        let batches: Vec<_> = infos
+            .chunks(100)
+            .map(|c| Ok(pb::ListSnapshotsResponse { info: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
+    }
+
+    async fn usage(
+        &self,
+        req: Request<pb::UsageRequest>,
+    ) -> Result<Response<pb::UsageResponse>, Status> {
+        let r = req.into_inner();
+        let sn = self.backends.get(&r.snapshotter).await?;
+        let u = blocking(move || sn.usage(&r.key)).await?;
+        Ok(Response::new(pb::UsageResponse {
+            size: u.size,
+            inodes: u.inodes,
+        }))
+    }
+
+    async fn cleanup(&self, _req: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
+        // containerd ignores Unimplemented here; backends' Cleanup is wired with the
+        // capability registry of the snapshotter issue.
+        Err(Status::unimplemented("cleanup"))
+    }
+}
