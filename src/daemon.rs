@@ -18,7 +18,7 @@ use strata_content::{LocalStore, SharingPolicy, StoreOptions};
 use strata_proto::strata::v1 as spb;
 use strata_snapshotter::overlay::kernel_supports_index;
 use strata_snapshotter::service::{Backends, BackendsCell, SnapshotsService};
-use strata_snapshotter::{OverlayOptions, OverlaySnapshotter, Snapshotter};
+use strata_snapshotter::{Cleanup, OverlayOptions, OverlaySnapshotter, Snapshotter};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
@@ -247,13 +247,17 @@ fn open_stores(root: &Path, opts: StoreOptions) -> anyhow::Result<(LocalStore, B
         },
     )
     .context("open overlayfs snapshotter")?;
+    let overlay = Arc::new(overlay);
     let mut by_name: HashMap<String, Arc<dyn Snapshotter>> = HashMap::new();
-    by_name.insert("overlayfs".into(), Arc::new(overlay));
+    by_name.insert("overlayfs".into(), overlay.clone());
+    let mut cleaners: HashMap<String, Arc<dyn Cleanup + Send + Sync>> = HashMap::new();
+    cleaners.insert("overlayfs".into(), overlay);
     Ok((
         store,
         Backends {
             by_name,
             default: "overlayfs".into(),
+            cleaners,
         },
     ))
 }

@@ -474,5 +474,25 @@ fn snapshots_over_the_daemon_socket() {
         c.remove(rm("k2")).await.unwrap();
         c.remove(rm("base")).await.unwrap();
         assert!(list(vec![]).await.is_empty());
+
+        // Cleanup removes directories no snapshot refers to, and only those.
+        let snaps = d.root.join("snapshots/overlayfs/snapshots");
+        std::fs::create_dir_all(snaps.join("4242/fs")).unwrap();
+        c.prepare(prep("", "live", "")).await.unwrap();
+        c.cleanup(pb::CleanupRequest {
+            snapshotter: "overlayfs".into(),
+        })
+        .await
+        .unwrap();
+        let left: Vec<_> = std::fs::read_dir(&snaps)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left.len(),
+            1,
+            "only the live snapshot's directory is left: {left:?}"
+        );
+        assert_ne!(left[0], std::ffi::OsString::from("4242"));
     });
 }

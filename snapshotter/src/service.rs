@@ -16,7 +16,7 @@ use strata_proto::time::{from_timestamp, to_timestamp};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::api::{Info, Kind, Labels, Mount, Snapshotter};
+use crate::api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter};
 use crate::error::Result;
 
 /// The backends a service routes to, by name, plus the default.
@@ -26,6 +26,8 @@ pub struct Backends {
     pub by_name: HashMap<String, Arc<dyn Snapshotter>>,
     /// Name of the backend for unknown or empty names.
     pub default: String,
+    /// Backends with the [`Cleanup`] capability, by the same names.
+    pub cleaners: HashMap<String, Arc<dyn Cleanup + Send + Sync>>,
 }
 
 /// The backends, possibly still opening.
@@ -47,16 +49,28 @@ impl BackendsCell {
         (BackendsSetter(tx), BackendsCell(rx))
     }
 
-    async fn get(&self, name: &str) -> Result<Arc<dyn Snapshotter>, Status> {
+    async fn backends(&self) -> Result<Backends, Status> {
         let mut rx = self.0.clone();
         let r = rx
             .wait_for(Option::is_some)
             .await
             .map_err(|_| Status::unavailable("snapshotters failed to open"))?;
-        let b = r.as_ref().expect("checked by wait_for");
+        Ok(r.as_ref().expect("checked by wait_for").clone())
+    }
+
+    /// The backend `name` routes to: itself if configured, else the default.
+    fn route(b: &Backends, name: &str) -> String {
+        if b.by_name.contains_key(name) {
+            name.to_owned()
+        } else {
+            b.default.clone()
+        }
+    }
+
+    async fn get(&self, name: &str) -> Result<Arc<dyn Snapshotter>, Status> {
+        let b = self.backends().await?;
         b.by_name
-            .get(name)
-            .or_else(|| b.by_name.get(&b.default))
+            .get(&Self::route(&b, name))
             .cloned()
             .ok_or_else(|| Status::failed_precondition("no snapshotter is configured"))
     }
@@ -278,9 +292,15 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         }))
     }
 
-    async fn cleanup(&self, _req: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
-        // containerd ignores Unimplemented here; backends' Cleanup is wired with the
-        // capability registry of the snapshotter issue.
-        Err(Status::unimplemented("cleanup"))
+    async fn cleanup(&self, req: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
+        let b = self.backends.backends().await?;
+        // A backend without the capability answers Unimplemented, which containerd ignores.
+        let c = b
+            .cleaners
+            .get(&BackendsCell::route(&b, &req.get_ref().snapshotter))
+            .cloned()
+            .ok_or_else(|| Status::unimplemented("cleanup"))?;
+        blocking(move || c.cleanup()).await?;
+        Ok(Response::new(()))
     }
 }
