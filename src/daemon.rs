@@ -148,8 +148,8 @@ impl spb::admin_server::Admin for Admin {
         &self,
         _: Request<()>,
     ) -> Result<Response<spb::GarbageCollectResponse>, Status> {
-        let store = self.store.get().await?;
-        let r = strata_content::service::blocking(move || store.garbage_collect()).await?;
+        let store = self.store.get("content store").await?;
+        let r = strata_proto::serve::blocking(move || store.garbage_collect()).await?;
         Ok(Response::new(spb::GarbageCollectResponse {
             records: r.records as u64,
             blobs: r.blobs as u64,

@@ -13,9 +13,10 @@ use futures::Stream;
 use prost::Message;
 use strata_proto::containerd::services::content::v1 as pb;
 use strata_proto::containerd::services::leases::v1 as lpb;
+use strata_proto::serve::{ReadyCell, blocking};
 use strata_proto::time::to_timestamp;
 use strata_proto::{Digest, LEASE_HEADER, NAMESPACE_HEADER, status_from_error};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 use tracing::debug;
@@ -32,41 +33,7 @@ const CHUNK: usize = 1 << 20;
 
 /// The store a service serves, possibly still opening: the daemon binds its socket first
 /// and requests wait here until the store is ready.
-#[derive(Clone)]
-pub struct StoreCell(watch::Receiver<Option<LocalStore>>);
-
-/// Makes a [`StoreCell`] ready.
-pub struct StoreSetter(watch::Sender<Option<LocalStore>>);
-
-impl StoreCell {
-    /// A cell that is ready now.
-    pub fn ready(store: LocalStore) -> Self {
-        StoreCell(watch::channel(Some(store)).1)
-    }
-
-    /// A cell to be filled later through the setter.
-    pub fn pending() -> (StoreSetter, Self) {
-        let (tx, rx) = watch::channel(None);
-        (StoreSetter(tx), StoreCell(rx))
-    }
-
-    /// Waits for the store.
-    pub async fn get(&self) -> Result<LocalStore, GrpcStatus> {
-        let mut rx = self.0.clone();
-        let r = rx
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| GrpcStatus::unavailable("content store failed to open"))?;
-        Ok(r.clone().expect("checked by wait_for"))
-    }
-}
-
-impl StoreSetter {
-    /// Publishes the opened store.
-    pub fn set(self, store: LocalStore) {
-        let _ = self.0.send(Some(store));
-    }
-}
+pub type StoreCell = ReadyCell<LocalStore>;
 
 fn status(e: &Error) -> GrpcStatus {
     status_from_error(e)
@@ -91,18 +58,6 @@ pub fn scope_from_metadata(md: &tonic::metadata::MetadataMap) -> Result<Scope, G
         namespace,
         lease: get(LEASE_HEADER)?,
     })
-}
-
-/// Runs blocking store work on the blocking pool.
-pub async fn blocking<T, F>(f: F) -> Result<T, GrpcStatus>
-where
-    F: FnOnce() -> Result<T> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| GrpcStatus::internal(format!("store task failed: {e}")))?
-        .map_err(|e| status(&e))
 }
 
 fn parse_digest(s: &str) -> Result<Digest, GrpcStatus> {
@@ -185,7 +140,7 @@ impl pb::content_server::Content for ContentService {
     ) -> Result<Response<pb::InfoResponse>, GrpcStatus> {
         let scope = scope_from_metadata(req.metadata())?;
         let digest = parse_digest(&req.get_ref().digest)?;
-        let store = self.store.get().await?;
+        let store = self.store.get("content store").await?;
         let info = blocking(move || store.info(&scope, &digest)).await?;
         Ok(Response::new(pb::InfoResponse {
             info: Some(info_to_proto(&info)),
@@ -204,7 +159,7 @@ impl pb::content_server::Content for ContentService {
         let digest = parse_digest(&info.digest)?;
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
         let labels = labels_in(info.labels);
-        let store = self.store.get().await?;
+        let store = self.store.get("content store").await?;
         let info = blocking(move || store.update(&scope, &digest, labels, &paths)).await?;
         Ok(Response::new(pb::UpdateResponse {
             info: Some(info_to_proto(&info)),
@@ -219,14 +174,14 @@ impl pb::content_server::Content for ContentService {
     ) -> Result<Response<Self::ListStream>, GrpcStatus> {
         let scope = scope_from_metadata(req.metadata())?;
         let filters = req.into_inner().filters;
-        let store = self.store.get().await?;
+        let store = self.store.get("content store").await?;
         let infos = blocking(move || {
             let mut v = Vec::new();
             store.walk(&scope, &filters, &mut |i| {
                 v.push(info_to_proto(&i));
                 Ok(())
             })?;
-            Ok(v)
+            Ok::<_, Error>(v)
         })
         .await?;
         let mut batches = Vec::new();
@@ -254,7 +209,7 @@ impl pb::content_server::Content for ContentService {
     ) -> Result<Response<()>, GrpcStatus> {
         let scope = scope_from_metadata(req.metadata())?;
         let digest = parse_digest(&req.get_ref().digest)?;
-        let store = self.store.get().await?;
+        let store = self.store.get("content store").await?;
         blocking(move || store.delete(&scope, &digest)).await?;
         Ok(Response::new(()))
     }
@@ -273,7 +228,7 @@ impl pb::content_server::Content for ContentService {
                 "read offset and size must not be negative",
             ));
         }
-        let store = self.store.get().await?;
+        let store = self.store.get("content store").await?;
         let (s2, d2) = (store.clone(), digest.clone());
         let sc2 = scope.clone();
         let info = blocking(move || s2.info(&sc2, &d2)).await?;
@@ -299,7 +254,7 @@ impl pb::content_server::Content for ContentService {
                     let mut buf = vec![0u8; len];
                     let n = s.read_at(&sc, &d, off, &mut buf)?;
                     buf.truncate(n);
-                    Ok(buf)
+                    Ok::<_, Error>(buf)
                 })
                 .await;
                 let msg = match res {
@@ -329,7 +284,7 @@ impl pb::content_server::Content for ContentService {
     ) -> Result<Response<pb::StatusResponse>, GrpcStatus> {
         let scope = scope_from_metadata(req.metadata())?;
         let r = req.into_inner().r#ref;
-        let store = self.store.get().await?;
+        let store = self.store.get("content store").await?;
         let st = blocking(move || store.status(&scope, &r)).await?;
         Ok(Response::new(pb::StatusResponse {
             status: Some(status_to_proto(&st)),
@@ -342,7 +297,7 @@ impl pb::content_server::Content for ContentService {
     ) -> Result<Response<pb::ListStatusesResponse>, GrpcStatus> {
         let scope = scope_from_metadata(req.metadata())?;
         let filters = req.into_inner().filters;
-        let store = self.store.get().await?;
+        let store = self.store.get("content store").await?;
         let sts = blocking(move || store.list_statuses(&scope, &filters)).await?;
         Ok(Response::new(pb::ListStatusesResponse {
             statuses: sts.iter().map(status_to_proto).collect(),
@@ -356,7 +311,7 @@ impl pb::content_server::Content for ContentService {
         req: Request<Streaming<pb::WriteContentRequest>>,
     ) -> Result<Response<Self::WriteStream>, GrpcStatus> {
         let scope = scope_from_metadata(req.metadata())?;
-        let store = self.store.get().await?;
+        let store = self.store.get("content store").await?;
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
@@ -371,7 +326,7 @@ impl pb::content_server::Content for ContentService {
     async fn abort(&self, req: Request<pb::AbortRequest>) -> Result<Response<()>, GrpcStatus> {
         let scope = scope_from_metadata(req.metadata())?;
         let r = req.into_inner().r#ref;
-        let store = self.store.get().await?;
+        let store = self.store.get("content store").await?;
         blocking(move || store.abort(&scope, &r)).await?;
         Ok(Response::new(()))
     }
@@ -529,7 +484,7 @@ impl lpb::leases_server::Leases for LeasesService {
         let scope = scope_from_metadata(req.metadata())?;
         let r = req.into_inner();
         let labels: Labels = r.labels.into_iter().collect::<BTreeMap<_, _>>();
-        let store = self.store.get().await?;
+        let store = self.store.get("content store").await?;
         let lease = blocking(move || store.create_lease(&scope, &r.id, labels)).await?;
         Ok(Response::new(lpb::CreateResponse {
             lease: Some(lease_to_proto(&lease)),
@@ -539,7 +494,7 @@ impl lpb::leases_server::Leases for LeasesService {
     async fn delete(&self, req: Request<lpb::DeleteRequest>) -> Result<Response<()>, GrpcStatus> {
         let scope = scope_from_metadata(req.metadata())?;
         let r = req.into_inner();
-        let store = self.store.get().await?;
+        let store = self.store.get("content store").await?;
         blocking(move || store.delete_lease(&scope, &r.id, r.sync)).await?;
         Ok(Response::new(()))
     }
@@ -550,7 +505,7 @@ impl lpb::leases_server::Leases for LeasesService {
     ) -> Result<Response<lpb::ListResponse>, GrpcStatus> {
         let scope = scope_from_metadata(req.metadata())?;
         let filters = req.into_inner().filters;
-        let store = self.store.get().await?;
+        let store = self.store.get("content store").await?;
         let leases = blocking(move || store.list_leases(&scope, &filters)).await?;
         Ok(Response::new(lpb::ListResponse {
             leases: leases.iter().map(lease_to_proto).collect(),
@@ -564,7 +519,7 @@ impl lpb::leases_server::Leases for LeasesService {
         let scope = scope_from_metadata(req.metadata())?;
         let r = req.into_inner();
         let res = resource_in(r.resource)?;
-        let store = self.store.get().await?;
+        let store = self.store.get("content store").await?;
         blocking(move || store.add_resource(&scope, &r.id, res)).await?;
         Ok(Response::new(()))
     }
@@ -576,7 +531,7 @@ impl lpb::leases_server::Leases for LeasesService {
         let scope = scope_from_metadata(req.metadata())?;
         let r = req.into_inner();
         let res = resource_in(r.resource)?;
-        let store = self.store.get().await?;
+        let store = self.store.get("content store").await?;
         blocking(move || store.delete_resource(&scope, &r.id, res)).await?;
         Ok(Response::new(()))
     }
@@ -587,7 +542,7 @@ impl lpb::leases_server::Leases for LeasesService {
     ) -> Result<Response<lpb::ListResourcesResponse>, GrpcStatus> {
         let scope = scope_from_metadata(req.metadata())?;
         let id = req.into_inner().id;
-        let store = self.store.get().await?;
+        let store = self.store.get("content store").await?;
         let res = blocking(move || store.list_resources(&scope, &id)).await?;
         Ok(Response::new(lpb::ListResourcesResponse {
             resources: res

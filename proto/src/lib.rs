@@ -13,6 +13,7 @@
 //! - [`filter`]: containerd's filter grammar (`==`, `!=`, `~=`, presence, quoted label
 //!   keys, comma = AND, repeated filters = OR).
 //! - [`time`]: conversions between `SystemTime` and `google.protobuf.Timestamp`.
+//! - [`serve`]: what every gRPC service shares: a readiness cell and a blocking helper.
 //! - [`transport`]: gRPC over unix sockets with strata's HTTP/2 settings.
 //!
 //! A request flows in as generated types, is validated here (digests, filters), is served
@@ -22,6 +23,7 @@
 mod digest;
 mod errdefs;
 pub mod filter;
+pub mod serve;
 pub mod time;
 pub mod transport;
 

@@ -11,9 +11,8 @@ use std::sync::Arc;
 use futures::Stream;
 use strata_proto::containerd::services::snapshots::v1 as pb;
 use strata_proto::containerd::types::Mount as PbMount;
-use strata_proto::status_from_error;
+use strata_proto::serve::{ReadyCell, blocking};
 use strata_proto::time::{from_timestamp, to_timestamp};
-use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter};
@@ -31,67 +30,26 @@ pub struct Backends {
 }
 
 /// The backends, possibly still opening.
-#[derive(Clone)]
-pub struct BackendsCell(watch::Receiver<Option<Backends>>);
+pub type BackendsCell = ReadyCell<Backends>;
 
-/// Publishes opened backends to a [`BackendsCell`].
-pub struct BackendsSetter(watch::Sender<Option<Backends>>);
-
-impl BackendsCell {
-    /// A cell that is ready now.
-    pub fn ready(b: Backends) -> Self {
-        BackendsCell(watch::channel(Some(b)).1)
-    }
-
-    /// A cell filled later through the setter.
-    pub fn pending() -> (BackendsSetter, Self) {
-        let (tx, rx) = watch::channel(None);
-        (BackendsSetter(tx), BackendsCell(rx))
-    }
-
-    async fn backends(&self) -> Result<Backends, Status> {
-        let mut rx = self.0.clone();
-        let r = rx
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| Status::unavailable("snapshotters failed to open"))?;
-        Ok(r.as_ref().expect("checked by wait_for").clone())
-    }
-
+impl Backends {
     /// The backend `name` routes to: itself if configured, else the default.
-    fn route(b: &Backends, name: &str) -> String {
-        if b.by_name.contains_key(name) {
+    fn route(&self, name: &str) -> String {
+        if self.by_name.contains_key(name) {
             name.to_owned()
         } else {
-            b.default.clone()
+            self.default.clone()
         }
     }
-
-    async fn get(&self, name: &str) -> Result<Arc<dyn Snapshotter>, Status> {
-        let b = self.backends().await?;
-        b.by_name
-            .get(&Self::route(&b, name))
-            .cloned()
-            .ok_or_else(|| Status::failed_precondition("no snapshotter is configured"))
-    }
 }
 
-impl BackendsSetter {
-    /// Publishes the backends.
-    pub fn set(self, b: Backends) {
-        let _ = self.0.send(Some(b));
-    }
-}
-
-async fn blocking<T, F>(f: F) -> Result<T, Status>
-where
-    F: FnOnce() -> Result<T> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("snapshotter task failed: {e}")))?
-        .map_err(|e| status_from_error(&e))
+/// The backend a request for `name` goes to, waiting for the backends to open.
+async fn backend(cell: &BackendsCell, name: &str) -> Result<Arc<dyn Snapshotter>, Status> {
+    let b = cell.get("snapshotters").await?;
+    b.by_name
+        .get(&b.route(name))
+        .cloned()
+        .ok_or_else(|| Status::failed_precondition("no snapshotter is configured"))
 }
 
 fn mounts_out(m: Vec<Mount>) -> Vec<PbMount> {
@@ -159,7 +117,7 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         req: Request<pb::PrepareSnapshotRequest>,
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let r = req.into_inner();
-        let sn = self.backends.get(&r.snapshotter).await?;
+        let sn = backend(&self.backends, &r.snapshotter).await?;
         let mounts =
             blocking(move || sn.prepare(&r.key, parent(&r.parent).as_deref(), labels_in(r.labels)))
                 .await?;
@@ -173,7 +131,7 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         req: Request<pb::ViewSnapshotRequest>,
     ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
         let r = req.into_inner();
-        let sn = self.backends.get(&r.snapshotter).await?;
+        let sn = backend(&self.backends, &r.snapshotter).await?;
         let mounts =
             blocking(move || sn.view(&r.key, parent(&r.parent).as_deref(), labels_in(r.labels)))
                 .await?;
@@ -187,7 +145,7 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         req: Request<pb::MountsRequest>,
     ) -> Result<Response<pb::MountsResponse>, Status> {
         let r = req.into_inner();
-        let sn = self.backends.get(&r.snapshotter).await?;
+        let sn = backend(&self.backends, &r.snapshotter).await?;
         let mounts = blocking(move || sn.mounts(&r.key)).await?;
         Ok(Response::new(pb::MountsResponse {
             mounts: mounts_out(mounts),
@@ -203,7 +161,7 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
             // Rebase is a capability strata does not advertise yet.
             return Err(Status::unimplemented("commit with a new parent (rebase)"));
         }
-        let sn = self.backends.get(&r.snapshotter).await?;
+        let sn = backend(&self.backends, &r.snapshotter).await?;
         blocking(move || sn.commit(&r.name, &r.key, labels_in(r.labels))).await?;
         Ok(Response::new(()))
     }
@@ -213,7 +171,7 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         req: Request<pb::RemoveSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
         let r = req.into_inner();
-        let sn = self.backends.get(&r.snapshotter).await?;
+        let sn = backend(&self.backends, &r.snapshotter).await?;
         blocking(move || sn.remove(&r.key)).await?;
         Ok(Response::new(()))
     }
@@ -223,7 +181,7 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         req: Request<pb::StatSnapshotRequest>,
     ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
         let r = req.into_inner();
-        let sn = self.backends.get(&r.snapshotter).await?;
+        let sn = backend(&self.backends, &r.snapshotter).await?;
         let info = blocking(move || sn.stat(&r.key)).await?;
         Ok(Response::new(pb::StatSnapshotResponse {
             info: Some(info_out(&info)),
@@ -239,7 +197,7 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
             .info
             .ok_or_else(|| Status::invalid_argument("update request has no info"))?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
-        let sn = self.backends.get(&r.snapshotter).await?;
+        let sn = backend(&self.backends, &r.snapshotter).await?;
         let now = std::time::SystemTime::now();
         let info = Info {
             name: i.name,
@@ -262,14 +220,14 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         req: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
         let r = req.into_inner();
-        let sn = self.backends.get(&r.snapshotter).await?;
+        let sn = backend(&self.backends, &r.snapshotter).await?;
         let infos = blocking(move || {
             let mut v = Vec::new();
             sn.walk(&r.filters, &mut |i| {
                 v.push(info_out(&i));
                 Ok(())
             })?;
-            Ok(v)
+            Ok::<_, crate::Error>(v)
         })
         .await?;
         let batches: Vec<_> = infos
@@ -284,7 +242,7 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         req: Request<pb::UsageRequest>,
     ) -> Result<Response<pb::UsageResponse>, Status> {
         let r = req.into_inner();
-        let sn = self.backends.get(&r.snapshotter).await?;
+        let sn = backend(&self.backends, &r.snapshotter).await?;
         let u = blocking(move || sn.usage(&r.key)).await?;
         Ok(Response::new(pb::UsageResponse {
             size: u.size,
@@ -293,11 +251,11 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
     }
 
     async fn cleanup(&self, req: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
-        let b = self.backends.backends().await?;
+        let b = self.backends.get("snapshotters").await?;
         // A backend without the capability answers Unimplemented, which containerd ignores.
         let c = b
             .cleaners
-            .get(&BackendsCell::route(&b, &req.get_ref().snapshotter))
+            .get(&b.route(&req.get_ref().snapshotter))
             .cloned()
             .ok_or_else(|| Status::unimplemented("cleanup"))?;
         blocking(move || c.cleanup()).await?;
