@@ -19,11 +19,13 @@
 
 pub mod api;
 mod error;
+mod fsutil;
 pub mod meta;
 pub mod overlay;
 pub mod service;
 
 pub use api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter, Usage};
 pub use error::{Error, ErrorKind, Result};
+pub use fsutil::disk_usage;
 pub use meta::{MetaStore, Snapshot};
 pub use overlay::{OverlayOptions, OverlaySnapshotter};

@@ -12,15 +12,21 @@
 //! `fs` dirs nearest first, plus `upperdir`/`workdir` for active snapshots.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::warn;
 
 use crate::api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter, Usage};
 use crate::error::{Error, ErrorKind, Result};
+pub use crate::fsutil::disk_usage;
+use crate::fsutil::{io, is_live, temp_name};
 use crate::meta::{MetaStore, Snapshot};
+
+/// Whether the running kernel's overlay module supports `index=off`.
+pub fn kernel_supports_index() -> bool {
+    Path::new("/sys/module/overlay/parameters/index").exists()
+}
 
 /// Options of an [`OverlaySnapshotter`].
 #[derive(Clone, Debug, Default)]
@@ -37,49 +43,6 @@ pub struct OverlaySnapshotter {
     root: PathBuf,
     meta: MetaStore,
     opts: OverlayOptions,
-}
-
-fn io(op: &str, path: &Path, e: std::io::Error) -> Error {
-    let kind = if e.kind() == std::io::ErrorKind::NotFound {
-        ErrorKind::NotFound
-    } else {
-        ErrorKind::Internal
-    };
-    Error::new(kind, format!("{op} {}", path.display())).with_source(e)
-}
-
-/// Prefix of this process's temp dirs for snapshots being created.
-fn temp_prefix() -> String {
-    format!("new-{}-", std::process::id())
-}
-
-/// Whether the running kernel's overlay module supports `index=off`.
-pub fn kernel_supports_index() -> bool {
-    Path::new("/sys/module/overlay/parameters/index").exists()
-}
-
-/// Bytes (by allocated blocks) and inodes under `dir`, not following symlinks or crossing
-/// into other filesystems.
-pub fn disk_usage(dir: &Path) -> Result<Usage> {
-    let top = fs::symlink_metadata(dir).map_err(|e| io("stat", dir, e))?;
-    let mut usage = Usage::default();
-    let mut seen = std::collections::HashSet::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).map_err(|e| io("read directory", &d, e))? {
-            let entry = entry.map_err(|e| io("read directory", &d, e))?;
-            let md = entry.metadata().map_err(|e| io("stat", &entry.path(), e))?;
-            if md.dev() != top.dev() || !seen.insert(md.ino()) {
-                continue;
-            }
-            usage.inodes += 1;
-            usage.size += i64::try_from(md.blocks() * 512).unwrap_or(i64::MAX);
-            if md.is_dir() {
-                stack.push(entry.path());
-            }
-        }
-    }
-    Ok(usage)
 }
 
 impl OverlaySnapshotter {
@@ -151,12 +114,7 @@ impl OverlaySnapshotter {
         // The directory is made first under a temp name and renamed into place once the
         // metadata exists, so neither can exist without the other for long; Cleanup
         // removes a temp dir a crash leaves behind.
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .root
-            .join("snapshots")
-            .join(format!("{}{n}", temp_prefix()));
+        let tmp = self.root.join("snapshots").join(temp_name());
         let mk = |p: &Path, mode: u32| {
             fs::DirBuilder::new()
                 .mode(mode)
@@ -256,8 +214,7 @@ impl Cleanup for OverlaySnapshotter {
             let entry = entry.map_err(|e| io("read directory", &snaps, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             // Temp dirs of this process belong to creations in flight.
-            let live = name.parse::<u64>().is_ok_and(|id| ids.contains_key(&id))
-                || name.starts_with(&temp_prefix());
+            let live = is_live(&name, &ids);
             // Only direct children of our own directory are removed, by their own path:
             // nothing inside a snapshot (which a container can change) is followed.
             if !live && entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
