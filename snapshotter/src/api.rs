@@ -119,3 +119,35 @@ pub trait Cleanup {
     /// Removes unreferenced directories; never follows a path a container could change.
     fn cleanup(&self) -> Result<()>;
 }
+
+/// A shared snapshotter is a snapshotter (the service and its clients hold backends in
+/// `Arc`s).
+impl<T: Snapshotter + ?Sized> Snapshotter for std::sync::Arc<T> {
+    fn stat(&self, key: &str) -> Result<Info> {
+        (**self).stat(key)
+    }
+    fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
+        (**self).update(info, fieldpaths)
+    }
+    fn usage(&self, key: &str) -> Result<Usage> {
+        (**self).usage(key)
+    }
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        (**self).mounts(key)
+    }
+    fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
+        (**self).prepare(key, parent, labels)
+    }
+    fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
+        (**self).view(key, parent, labels)
+    }
+    fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
+        (**self).commit(name, key, labels)
+    }
+    fn remove(&self, key: &str) -> Result<()> {
+        (**self).remove(key)
+    }
+    fn walk(&self, filters: &[String], f: &mut dyn FnMut(Info) -> Result<()>) -> Result<()> {
+        (**self).walk(filters, f)
+    }
+}

@@ -18,13 +18,17 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod client;
 mod error;
 mod fsutil;
 pub mod meta;
+pub mod mount;
 pub mod overlay;
 pub mod service;
+pub mod testsuite;
 
 pub use api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter, Usage};
+pub use client::GrpcSnapshotter;
 pub use error::{Error, ErrorKind, Result};
 pub use fsutil::disk_usage;
 pub use meta::{MetaStore, Snapshot};

@@ -405,7 +405,7 @@ impl MetaStore {
             for p in fieldpaths {
                 if p == "labels" {
                     labels = info.labels.clone();
-                } else if let Some(k) = p.strip_prefix("labels.") {
+                } else if let Some(k) = p.strip_prefix("labels.").filter(|k| !k.is_empty()) {
                     match info.labels.get(k) {
                         Some(v) => labels.insert(k.to_owned(), v.clone()),
                         None => labels.remove(k),

@@ -1,0 +1,194 @@
+//! containerd's snapshotter conformance suite against each backend, in-process and over
+//! the snapshots.v1 gRPC service on a real unix socket, with real kernel mounts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use strata_snapshotter::service::{Backends, BackendsCell, SnapshotsService};
+use strata_snapshotter::testsuite as ts;
+use strata_snapshotter::{
+    Cleanup, GrpcSnapshotter, OverlayOptions, OverlaySnapshotter, Snapshotter,
+    overlay::kernel_supports_index,
+};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+/// A backend the suite runs against: where its root goes and how it opens.
+trait Backend {
+    /// Name it is served under.
+    const NAME: &'static str;
+    /// Whether renaming a lower directory works (overlay lacks redirect_dir).
+    const RENAME_DIRS: bool;
+    /// Makes the root under `dir`; the guard keeps whatever backs it alive.
+    fn root(dir: &Path) -> (PathBuf, Box<dyn std::any::Any>) {
+        let root = dir.join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        (root, Box::new(()))
+    }
+    /// Opens the backend on `root`.
+    fn open(root: &Path) -> Arc<dyn SnapshotterAndCleanup>;
+}
+
+/// Both traits in one object, so the service gets the Cleanup capability.
+trait SnapshotterAndCleanup: Snapshotter + Cleanup {
+    fn as_snapshotter(self: Arc<Self>) -> Arc<dyn Snapshotter>;
+    fn as_cleanup(self: Arc<Self>) -> Arc<dyn Cleanup + Send + Sync>;
+}
+
+impl<T: Snapshotter + Cleanup + 'static> SnapshotterAndCleanup for T {
+    fn as_snapshotter(self: Arc<Self>) -> Arc<dyn Snapshotter> {
+        self
+    }
+    fn as_cleanup(self: Arc<Self>) -> Arc<dyn Cleanup + Send + Sync> {
+        self
+    }
+}
+
+struct Overlay;
+
+impl Backend for Overlay {
+    const NAME: &'static str = "overlayfs";
+    const RENAME_DIRS: bool = false;
+    fn open(root: &Path) -> Arc<dyn SnapshotterAndCleanup> {
+        Arc::new(
+            OverlaySnapshotter::new(
+                root,
+                OverlayOptions {
+                    index_off: kernel_supports_index(),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        )
+    }
+}
+
+/// A case's world: temp dirs, the backend, and (over gRPC) the server and client.
+struct Harness {
+    work: PathBuf,
+    root: PathBuf,
+    sock: PathBuf,
+    sn: Option<Box<dyn Snapshotter>>,
+    rt: Option<tokio::runtime::Runtime>,
+    _guard: Box<dyn std::any::Any>,
+    _dir: tempfile::TempDir,
+}
+
+/// Temp dirs and the backend's root, with nothing open yet.
+fn dirs<B: Backend>() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, guard) = B::root(dir.path());
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    Harness {
+        work,
+        sock: dir.path().join("sock"),
+        root,
+        sn: None,
+        rt: None,
+        _guard: guard,
+        _dir: dir,
+    }
+}
+
+fn in_process<B: Backend>() -> Harness {
+    let mut h = dirs::<B>();
+    h.sn = Some(Box::new(B::open(&h.root).as_snapshotter()));
+    h
+}
+
+fn client(rt: &tokio::runtime::Runtime, sock: &Path, name: &str) -> GrpcSnapshotter {
+    let channel = rt
+        .block_on(strata_proto::transport::connect_unix(sock))
+        .unwrap();
+    GrpcSnapshotter::new(channel, rt.handle().clone(), name)
+}
+
+fn over_grpc<B: Backend>() -> Harness {
+    let mut h = dirs::<B>();
+    let backend = B::open(&h.root);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt.block_on(async { UnixListener::bind(&h.sock).unwrap() });
+    let mut backends = Backends {
+        by_name: Default::default(),
+        default: B::NAME.into(),
+        cleaners: Default::default(),
+    };
+    backends
+        .by_name
+        .insert(B::NAME.into(), backend.clone().as_snapshotter());
+    backends
+        .cleaners
+        .insert(B::NAME.into(), backend.as_cleanup());
+    rt.spawn(
+        strata_proto::transport::server()
+            .add_service(SnapshotsService::new(BackendsCell::ready(backends)).into_server())
+            .serve_with_incoming(UnixListenerStream::new(listener)),
+    );
+    h.sn = Some(Box::new(client(&rt, &h.sock, B::NAME)));
+    h.rt = Some(rt);
+    h
+}
+
+impl Harness {
+    fn sn(&self) -> &dyn Snapshotter {
+        self.sn.as_deref().expect("the case's snapshotter")
+    }
+
+    /// Reopens what the case talks to: the backend on the same root in-process, or a
+    /// new connection to the same server over gRPC.
+    fn reopen<B: Backend>(&self) -> Box<dyn Snapshotter> {
+        match &self.rt {
+            None => Box::new(B::open(&self.root).as_snapshotter()),
+            Some(rt) => Box::new(client(rt, &self.sock, B::NAME)),
+        }
+    }
+}
+
+macro_rules! suite {
+    ($backend:ident, $($mode:ident),*) => {
+        $(
+        #[allow(non_snake_case)]
+        mod $mode {
+            use super::*;
+            fn h() -> Harness { $mode::<$backend>() }
+            #[test] fn basic() { let h = h(); ts::basic(h.sn(), &h.work); }
+            #[test] fn stat_active() { let h = h(); ts::stat_active(h.sn(), &h.work); }
+            #[test] fn stat_committed() { let h = h(); ts::stat_committed(h.sn(), &h.work); }
+            #[test] fn transitivity() { let h = h(); ts::transitivity(h.sn(), &h.work); }
+            #[test] fn prepare_view_failing() { let h = h(); ts::prepare_view_failing(h.sn(), &h.work); }
+            #[test] fn update() { let h = h(); ts::update(h.sn(), &h.work); }
+            #[test] fn remove() { let h = h(); ts::remove(h.sn(), &h.work); }
+            #[test] fn walk() { let h = h(); ts::walk(h.sn(), &h.work); }
+            #[test] fn layer_file_update() { let h = h(); ts::layer_file_update(h.sn(), &h.work); }
+            #[test] fn remove_directory_in_lower_layer() { let h = h(); ts::remove_directory_in_lower_layer(h.sn(), &h.work); }
+            #[test] fn chown() { let h = h(); ts::chown(h.sn(), &h.work); }
+            #[test] fn directory_permission_on_commit() { let h = h(); ts::directory_permission_on_commit(h.sn(), &h.work); }
+            #[test] fn remove_intermediate_snapshot() { let h = h(); ts::remove_intermediate_snapshot(h.sn(), &h.work); }
+            #[test] fn deleted_files_in_child_snapshot() { let h = h(); ts::deleted_files_in_child_snapshot(h.sn(), &h.work); }
+            #[test] fn move_file_from_lower_layer() { let h = h(); ts::move_file_from_lower_layer(h.sn(), &h.work); }
+            #[test] fn view_readonly() { let h = h(); ts::view_readonly(h.sn(), &h.work); }
+            #[test] fn stat_in_walk() { let h = h(); ts::stat_in_walk(h.sn(), &h.work); }
+            #[test] fn close_twice() {
+                let mut h = h();
+                // The case opens its own handles; the harness's must not hold the root.
+                h.sn = None;
+                ts::close_twice(&|| h.reopen::<$backend>(), &h.work);
+            }
+            #[test] fn root_permission() { let h = h(); ts::root_permission(h.sn(), &h.work); }
+            #[test] fn rename() { let h = h(); ts::rename(h.sn(), &h.work, $backend::RENAME_DIRS); }
+            #[test] fn layers_128() { let h = h(); ts::layers_128(h.sn(), &h.work); }
+            #[test] fn hostile_input() { let h = h(); ts::hostile_input(h.sn(), &h.work); }
+        }
+        )*
+    };
+}
+
+mod overlay {
+    use super::*;
+    suite!(Overlay, in_process, over_grpc);
+}
