@@ -1,4 +1,5 @@
-//! Client commands: `strata content ...`, `strata leases ...`, `strata gc`, `strata version`.
+//! Client commands: `strata content ...`, `strata leases ...`, `strata gc`, `strata version`
+//! (`strata snapshots ...` is in [`crate::snapshots`]).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -26,7 +27,7 @@ pub(crate) struct Client {
 }
 
 /// Turns a gRPC status into an error that reads like the rest of the chain.
-fn rpc(what: &str, s: &tonic::Status) -> anyhow::Error {
+pub(crate) fn rpc(what: &str, s: &tonic::Status) -> anyhow::Error {
     anyhow!("{} ({:?})", s.message(), s.code()).context(what.to_owned())
 }
 
@@ -56,6 +57,11 @@ impl Client {
         ContentClient::new(self.channel.clone())
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(16 << 20)
+    }
+
+    /// The connection, for service clients defined elsewhere.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     fn leases(&self) -> LeasesClient<Channel> {
@@ -96,7 +102,7 @@ impl Client {
     }
 }
 
-fn parse_label(s: &str) -> anyhow::Result<(String, String)> {
+pub(crate) fn parse_label(s: &str) -> anyhow::Result<(String, String)> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| anyhow!("label {s:?} is not KEY=VALUE"))?;
@@ -124,7 +130,7 @@ fn age(t: Option<&prost_types::Timestamp>) -> String {
     }
 }
 
-fn human_size(n: i64) -> String {
+pub(crate) fn human_size(n: i64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -506,7 +512,7 @@ pub(crate) enum LeasesCmd {
 }
 
 /// Formats a time as RFC 3339 UTC, as containerd writes `gc.expire`.
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()

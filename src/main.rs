@@ -7,6 +7,7 @@
 mod cli;
 mod config;
 mod daemon;
+mod snapshots;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,8 @@ enum Command {
     /// Manage leases.
     #[command(subcommand)]
     Leases(cli::LeasesCmd),
+    /// Manage snapshots.
+    Snapshots(snapshots::SnapshotsArgs),
     /// Run the garbage collector now.
     Gc,
     /// Print the daemon's version and services.
@@ -105,6 +108,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             match command {
                 Command::Content(c) => c.run(&client).await,
                 Command::Leases(c) => c.run(&client).await,
+                Command::Snapshots(c) => c.run(&client).await,
                 Command::Gc => client.gc().await,
                 Command::Version => client.version().await,
                 Command::Serve { .. } => unreachable!("handled above"),
