@@ -1,15 +1,19 @@
 //! strata's snapshotters.
 //!
-//! Map of the crate (btrfs, native, the gRPC service and the conformance suite arrive
-//! with the snapshotter issue):
+//! Map of the crate:
 //! - [`api`]: the [`Snapshotter`] contract (prepare, view, mounts, commit, remove, stat,
 //!   update, usage, walk) and capability traits such as [`Cleanup`].
 //! - [`meta`]: the [`MetaStore`] every backend shares: ids, kinds, parent chains, labels
 //!   and usage in RocksDB, one atomic batch per operation. Backends own only directories
 //!   named by snapshot id.
 //! - [`overlay`]: the overlayfs backend, laid out and mounted as containerd's.
+//! - [`btrfs`]: the btrfs backend: one subvolume per snapshot, made by kernel ioctls, a
+//!   layer on a parent is a copy-on-write snapshot of it.
 //! - [`service`]: `containerd.services.snapshots.v1` over the backends, routed by the
 //!   request's snapshotter name (unknown or empty: the default backend).
+//! - [`client`]: [`GrpcSnapshotter`], the same contract over any snapshots.v1 socket.
+//! - [`mount`]: mounting what a snapshotter returns, long overlay chains included.
+//! - [`testsuite`]: containerd's conformance cases, for any [`Snapshotter`].
 //!
 //! A layer import flows: `prepare(key, parent)` -> the backend asks the MetaStore for a
 //! new id and the parent chain, makes `<id>/` and returns mounts -> the caller applies the
@@ -18,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod btrfs;
 pub mod client;
 mod error;
 mod fsutil;
@@ -28,6 +33,7 @@ pub mod service;
 pub mod testsuite;
 
 pub use api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter, Usage};
+pub use btrfs::BtrfsSnapshotter;
 pub use client::GrpcSnapshotter;
 pub use error::{Error, ErrorKind, Result};
 pub use fsutil::disk_usage;
