@@ -1028,6 +1028,75 @@ pub fn hostile_input(sn: &dyn Snapshotter, _work: &Path) {
     assert_eq!(sn.stat("active").unwrap().labels, gc_root());
 }
 
+/// A fresh btrfs filesystem on a loop device (a sparse image in a temp dir), for tests
+/// and benchmarks of the btrfs backend; unmounted and detached on drop, also when a test
+/// panics. Needs root, `mkfs.btrfs` and `losetup`.
+pub struct LoopBtrfs {
+    mnt: PathBuf,
+    loopdev: String,
+    _dir: tempfile::TempDir,
+}
+
+fn run_tool(cmd: &str, args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd} (install btrfs-progs): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl LoopBtrfs {
+    /// Makes and mounts a btrfs of `size` bytes.
+    pub fn new(size: u64) -> LoopBtrfs {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let img = dir.path().join("btrfs.img");
+        fs::File::create(&img)
+            .and_then(|f| f.set_len(size))
+            .expect("create image");
+        let img = img.to_str().expect("utf-8 temp path");
+        run_tool("mkfs.btrfs", &["-q", img]);
+        let out = run_tool("losetup", &["--find", "--show", img]);
+        let loopdev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).expect("mount point");
+        let fs = LoopBtrfs {
+            mnt,
+            loopdev,
+            _dir: dir,
+        };
+        // Constructed before mounting, so a failed mount still detaches the device.
+        run_tool(
+            "mount",
+            &["-t", "btrfs", &fs.loopdev, fs.mnt.to_str().expect("utf-8")],
+        );
+        fs
+    }
+
+    /// Where the filesystem is mounted.
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+}
+
+impl Drop for LoopBtrfs {
+    fn drop(&mut self) {
+        let ok = |c: &mut std::process::Command| c.status().is_ok_and(|s| s.success());
+        if !ok(std::process::Command::new("umount").arg(&self.mnt)) {
+            // Busy (a test's mount or open file left behind): detach lazily, never leak.
+            ok(std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.mnt));
+        }
+        // On a busy device this sets autoclear, freeing it once the last user is gone.
+        ok(std::process::Command::new("losetup").args(["-d", &self.loopdev]));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

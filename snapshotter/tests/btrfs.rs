@@ -6,6 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use strata_snapshotter::testsuite::LoopBtrfs;
 use strata_snapshotter::{BtrfsSnapshotter, Cleanup, ErrorKind, Kind, Labels, Snapshotter};
 
 const EROFS: i32 = 30;
@@ -22,52 +23,16 @@ fn run(cmd: &str, args: &[&str]) -> std::process::Output {
     out
 }
 
-/// A fresh 512 MiB btrfs on a loop device, unmounted and detached on drop (also when a
-/// test panics).
-struct BtrfsFs {
-    _dir: tempfile::TempDir,
-    mnt: PathBuf,
-    loopdev: String,
-}
+/// A fresh 512 MiB btrfs on a loop device.
+struct BtrfsFs(LoopBtrfs);
 
 impl BtrfsFs {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("btrfs.img");
-        fs::File::create(&img).unwrap().set_len(512 << 20).unwrap();
-        let img = img.to_str().unwrap();
-        run("mkfs.btrfs", &["-q", img]);
-        let out = run("losetup", &["--find", "--show", img]);
-        let loopdev = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        let mnt = dir.path().join("mnt");
-        fs::create_dir(&mnt).unwrap();
-        let fs = BtrfsFs {
-            _dir: dir,
-            mnt,
-            loopdev,
-        };
-        // Constructed before mounting, so a failed mount still detaches the device.
-        run(
-            "mount",
-            &["-t", "btrfs", &fs.loopdev, fs.mnt.to_str().unwrap()],
-        );
-        fs
+        BtrfsFs(LoopBtrfs::new(512 << 20))
     }
 
     fn root(&self) -> PathBuf {
-        self.mnt.join("root")
-    }
-}
-
-impl Drop for BtrfsFs {
-    fn drop(&mut self) {
-        let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
-        if !ok(Command::new("umount").arg(&self.mnt)) {
-            // Busy (a test's mount or open file left behind): detach lazily, never leak.
-            ok(Command::new("umount").arg("-l").arg(&self.mnt));
-        }
-        // On a busy device this sets autoclear, freeing it once the last user is gone.
-        ok(Command::new("losetup").args(["-d", &self.loopdev]));
+        self.0.path().join("root")
     }
 }
 
@@ -180,7 +145,7 @@ fn layers_chain_and_stay_isolated() {
     let fs = BtrfsFs::new();
     let sn = BtrfsSnapshotter::new(&fs.root()).unwrap();
     let l = Labels::new();
-    let mnt = fs.mnt.join("mnt");
+    let mnt = fs.0.path().join("mnt");
 
     let m = sn.prepare("a", None, l.clone()).unwrap();
     {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use strata_snapshotter::service::{Backends, BackendsCell, SnapshotsService};
 use strata_snapshotter::testsuite as ts;
 use strata_snapshotter::{
-    Cleanup, GrpcSnapshotter, OverlayOptions, OverlaySnapshotter, Snapshotter,
+    BtrfsSnapshotter, Cleanup, GrpcSnapshotter, OverlayOptions, OverlaySnapshotter, Snapshotter,
     overlay::kernel_supports_index,
 };
 use tokio::net::UnixListener;
@@ -60,6 +60,20 @@ impl Backend for Overlay {
             )
             .unwrap(),
         )
+    }
+}
+
+struct Btrfs;
+
+impl Backend for Btrfs {
+    const NAME: &'static str = "btrfs";
+    const RENAME_DIRS: bool = true;
+    fn root(_dir: &Path) -> (PathBuf, Box<dyn std::any::Any>) {
+        let fs = ts::LoopBtrfs::new(512 << 20);
+        (fs.path().join("root"), Box::new(fs))
+    }
+    fn open(root: &Path) -> Arc<dyn SnapshotterAndCleanup> {
+        Arc::new(BtrfsSnapshotter::new(root).unwrap())
     }
 }
 
@@ -191,4 +205,9 @@ macro_rules! suite {
 mod overlay {
     use super::*;
     suite!(Overlay, in_process, over_grpc);
+}
+
+mod btrfs {
+    use super::*;
+    suite!(Btrfs, in_process, over_grpc);
 }
