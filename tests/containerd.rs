@@ -130,3 +130,176 @@ fn containerd_pulls_into_strata() {
         );
     }
 }
+
+/// Rows of `ctr snapshots ls` / `strata snapshots ls` (KEY, PARENT, KIND), header skipped.
+fn snapshot_rows(out: &str) -> Vec<(String, String, String)> {
+    out.lines()
+        .skip(1)
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            match cols.as_slice() {
+                [k, kind] => (k.to_string(), String::new(), kind.to_string()),
+                [k, p, kind] => (k.to_string(), p.to_string(), kind.to_string()),
+                _ => panic!("unexpected snapshot row {l:?}"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn containerd_uses_strata_as_its_snapshotter() {
+    let dir = tempfile::Builder::new()
+        .prefix("scs")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let wd = dir.path().to_str().unwrap().to_owned();
+    let _cleanup = Cleanup(dir.path());
+    let mut d = Daemon::start(dir.path(), &[]);
+    let sock = d.sock.to_str().unwrap().to_owned();
+    let registry = harness(&[], &["start_registry", &wd]);
+    let image = format!("{registry}/strata/snap:1");
+    harness(
+        &[],
+        &[
+            "build_push_test_image",
+            &wd,
+            &registry,
+            "strata/snap:1",
+            "hello from a strata snapshot",
+        ],
+    );
+    harness(&[], &["start_containerd", &wd, &sock]);
+    let snap = [("STRATA_SNAPSHOTTER", "strata")];
+    harness(&snap, &["ctr_pull", &wd, &image]);
+    let ctr_snap = |args: &[&str]| {
+        let mut a = vec![
+            "ctr_cmd",
+            wd.as_str(),
+            "snapshots",
+            "--snapshotter",
+            "strata",
+        ];
+        a.extend_from_slice(args);
+        harness(&[], &a)
+    };
+
+    // containerd sees the unpacked layer as one committed snapshot named by its chainID;
+    // strata holds it under containerd's namespaced key.
+    let rows = snapshot_rows(&ctr_snap(&["ls"]));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (chain, parent, kind) = &rows[0];
+    assert!(chain.starts_with("sha256:") && parent.is_empty() && kind == "Committed");
+    let ours = snapshot_rows(&stdout(&d.cli(&["snapshots", "ls"])));
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert!(ours[0].0.ends_with(&format!("/{chain}")), "{ours:?}");
+    assert_eq!(ours[0].2, "Committed");
+    let info = ctr_snap(&["info", chain]);
+    assert!(
+        info.contains("\"Kind\": \"committed\"") || info.contains("\"Kind\": \"Committed\""),
+        "{info}"
+    );
+    let usage = ctr_snap(&["usage", chain]);
+    let inodes: i64 = usage
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(inodes > 5, "busybox layer should have inodes: {usage}");
+    assert!(ctr_snap(&["tree"]).contains(chain.as_str()));
+
+    // A container runs on a strata snapshot.
+    let run = harness(&snap, &["ctr_run", &wd, &image, "snap-run"]);
+    assert!(run.contains("hello from a strata snapshot"), "{run}");
+
+    // A long-running container keeps its rootfs across a strata restart, and strata still
+    // knows its active snapshot afterwards.
+    harness(
+        &[],
+        &[
+            "ctr_cmd",
+            &wd,
+            "run",
+            "-d",
+            "--runc-root",
+            &format!("{wd}/runc"),
+            "--fifo-dir",
+            &format!("{wd}/fifo"),
+            "--snapshotter",
+            "strata",
+            &image,
+            "bg",
+            "sleep",
+            "300",
+        ],
+    );
+    let before = snapshot_rows(&ctr_snap(&["ls"]));
+    assert!(
+        before
+            .iter()
+            .any(|(k, p, kind)| k == "bg" && p == chain && kind == "Active"),
+        "{before:?}"
+    );
+    assert!(d.sigterm().success());
+    d.restart(&[]);
+    // containerd redials a proxy with backoff (capped at 3 s), so it may take a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let after = loop {
+        let lib = harness_lib();
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {lib}; ctr_cmd {wd} snapshots --snapshotter strata ls"
+            ))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break stdout(&out);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containerd did not reconnect: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(snapshot_rows(&after), before);
+    let tasks = harness(&[], &["ctr_cmd", &wd, "tasks", "ls"]);
+    assert!(tasks.contains("RUNNING"), "{tasks}");
+    let cat = harness(
+        &[],
+        &[
+            "ctr_cmd",
+            &wd,
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e1",
+            "bg",
+            "cat",
+            "/hello.txt",
+        ],
+    );
+    assert_eq!(cat, "hello from a strata snapshot");
+
+    // Removing the container and the image lets containerd's GC remove every snapshot
+    // through strata, and strata's Cleanup leaves no directory behind.
+    harness(
+        &[],
+        &["ctr_cmd", &wd, "tasks", "kill", "-s", "SIGKILL", "bg"],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !harness(&[], &["ctr_cmd", &wd, "tasks", "ls"]).contains("STOPPED") {
+        assert!(std::time::Instant::now() < deadline, "task did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    harness(&[], &["ctr_cmd", &wd, "tasks", "rm", "bg"]);
+    harness(&[], &["ctr_cmd", &wd, "containers", "rm", "bg"]);
+    harness(&[], &["ctr_cmd", &wd, "images", "rm", "--sync", &image]);
+    assert!(snapshot_rows(&ctr_snap(&["ls"])).is_empty());
+    assert!(snapshot_rows(&stdout(&d.cli(&["snapshots", "ls"]))).is_empty());
+    let dirs = std::fs::read_dir(d.root.join("snapshots/overlayfs/snapshots"))
+        .unwrap()
+        .count();
+    assert_eq!(dirs, 0, "snapshot directories left behind");
+}

@@ -272,7 +272,7 @@ file_is_static() {
     fi
 }
 
-# start_containerd WORKDIR STRATA_SOCK — start containerd 1.6 whose content store is the proxy plugin at STRATA_SOCK; print its socket path.
+# start_containerd WORKDIR [STRATA_SOCK] — start containerd 1.6 with strata as its content store (proxy plugin "strata-content") and as the snapshotter "strata" (proxy plugin, type snapshot); print its socket path. With STRATA_BUILTIN_CONTENT=1 containerd keeps its own content store (and, without STRATA_SOCK, has no strata plugin at all).
 start_containerd() (
     set -euo pipefail
     local wd; wd="$(_h_workdir "${1:-}")"
@@ -280,8 +280,8 @@ start_containerd() (
     local builtin="${STRATA_BUILTIN_CONTENT:-0}"
     if [[ "$builtin" != 1 ]]; then
         [[ -n "$strata_sock" ]] || _h_die "usage: start_containerd WORKDIR STRATA_SOCK (or STRATA_BUILTIN_CONTENT=1)"
-        [[ "$strata_sock" == /* ]] || strata_sock="$(pwd -P)/$strata_sock"
     fi
+    if [[ -n "$strata_sock" && "$strata_sock" != /* ]]; then strata_sock="$(pwd -P)/$strata_sock"; fi
     command -v containerd >/dev/null || _h_die "containerd not installed"
     if [[ -f "$wd/containerd.pid" ]] && _h_alive "$(cat "$wd/containerd.pid")"; then
         _h_die "a containerd is already running for $wd (pid $(cat "$wd/containerd.pid"))"
@@ -295,10 +295,16 @@ start_containerd() (
     local cfg="$wd/containerd.toml" log="$wd/containerd.log"
     local disabled='"io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"'
     local proxy=""
-    if [[ "$builtin" != 1 ]]; then
-        disabled="\"io.containerd.content.v1.content\", $disabled"
+    if [[ -n "$strata_sock" ]]; then
         proxy="[proxy_plugins]
   [proxy_plugins.strata]
+    type = \"snapshot\"
+    address = \"$strata_sock\""
+    fi
+    if [[ "$builtin" != 1 ]]; then
+        disabled="\"io.containerd.content.v1.content\", $disabled"
+        proxy="$proxy
+  [proxy_plugins.strata-content]
     type = \"content\"
     address = \"$strata_sock\""
     fi
@@ -353,8 +359,13 @@ EOF
     if [[ "$builtin" == 1 ]]; then
         grep -q '^content ok$' <<<"$got" || _h_die "builtin content plugin not ok: '$got'"
     else
-        grep -q '^strata ok$' <<<"$got" || _h_die "proxy content plugin 'strata' not ok: '$got' (log: $log)"
+        grep -q '^strata-content ok$' <<<"$got" || _h_die "proxy content plugin 'strata-content' not ok: '$got' (log: $log)"
         ! grep -q '^content ' <<<"$got" || _h_die "builtin content plugin unexpectedly loaded"
+    fi
+    if [[ -n "$strata_sock" ]]; then
+        ctr --address "$sock" plugins ls 2>/dev/null \
+            | awk '$1=="io.containerd.snapshotter.v1" && $2=="strata" && $NF=="ok"{f=1} END{exit !f}' \
+            || _h_die "proxy snapshotter 'strata' not ok (log: $log)"
     fi
     echo "$sock"
 )
