@@ -1,13 +1,14 @@
 //! strata's snapshotters.
 //!
-//! Map of the crate (btrfs, native, the gRPC service and the conformance suite arrive
-//! with the snapshotter issue):
+//! Map of the crate (btrfs, native and the conformance suite arrive with the snapshotter
+//! issue):
 //! - [`api`]: the [`Snapshotter`] contract (prepare, view, mounts, commit, remove, stat,
 //!   update, usage, walk) and capability traits such as [`Cleanup`].
 //! - [`meta`]: the [`MetaStore`] every backend shares: ids, kinds, parent chains, labels
 //!   and usage in RocksDB, one atomic batch per operation. Backends own only directories
 //!   named by snapshot id.
 //! - [`overlay`]: the overlayfs backend, laid out and mounted as containerd's.
+//! - [`copy`]: [`copy_tree`], an exact copy of a directory tree.
 //! - [`service`]: `containerd.services.snapshots.v1` over the backends, routed by the
 //!   request's snapshotter name (unknown or empty: the default backend).
 //!
@@ -18,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod copy;
 mod error;
 mod fsutil;
 pub mod meta;
@@ -25,6 +27,7 @@ pub mod overlay;
 pub mod service;
 
 pub use api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter, Usage};
+pub use copy::copy_tree;
 pub use error::{Error, ErrorKind, Result};
 pub use fsutil::disk_usage;
 pub use meta::{MetaStore, Snapshot};
