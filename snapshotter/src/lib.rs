@@ -1,14 +1,15 @@
 //! strata's snapshotters.
 //!
-//! Map of the crate (btrfs, native and the conformance suite arrive with the snapshotter
-//! issue):
+//! Map of the crate (btrfs and the conformance suite arrive with the snapshotter issue):
 //! - [`api`]: the [`Snapshotter`] contract (prepare, view, mounts, commit, remove, stat,
 //!   update, usage, walk) and capability traits such as [`Cleanup`].
 //! - [`meta`]: the [`MetaStore`] every backend shares: ids, kinds, parent chains, labels
 //!   and usage in RocksDB, one atomic batch per operation. Backends own only directories
 //!   named by snapshot id.
 //! - [`overlay`]: the overlayfs backend, laid out and mounted as containerd's.
-//! - [`copy`]: [`copy_tree`], an exact copy of a directory tree.
+//! - [`native`]: the copying backend, laid out and mounted as containerd's native: each
+//!   snapshot a full copy of its parent's tree, mounted with `bind`.
+//! - [`copy`]: [`copy_tree`], the exact tree copy native snapshots are made with.
 //! - [`service`]: `containerd.services.snapshots.v1` over the backends, routed by the
 //!   request's snapshotter name (unknown or empty: the default backend).
 //!
@@ -23,6 +24,7 @@ pub mod copy;
 mod error;
 mod fsutil;
 pub mod meta;
+pub mod native;
 pub mod overlay;
 pub mod service;
 
@@ -31,4 +33,5 @@ pub use copy::copy_tree;
 pub use error::{Error, ErrorKind, Result};
 pub use fsutil::disk_usage;
 pub use meta::{MetaStore, Snapshot};
+pub use native::NativeSnapshotter;
 pub use overlay::{OverlayOptions, OverlaySnapshotter};

@@ -1,4 +1,4 @@
-//! The tree copy of the native backend, on real files and mounts (needs root).
+//! The native backend and its tree copy, on real files and mounts (needs root).
 
 use std::ffi::CString;
 use std::fs;
@@ -10,7 +10,9 @@ use std::process::Command;
 use nix::fcntl::AT_FDCWD;
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags, makedev, mknod, utimensat};
 use nix::sys::time::TimeSpec;
-use strata_snapshotter::copy_tree;
+use strata_snapshotter::{
+    Cleanup, ErrorKind, Kind, Labels, Mount, NativeSnapshotter, Snapshotter, copy_tree,
+};
 
 fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
@@ -62,6 +64,22 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
     }
+}
+
+fn bind_mount(m: &[Mount], target: &Path) -> Mounted {
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].r#type, "bind");
+    fs::create_dir_all(target).unwrap();
+    run(Command::new("mount")
+        .args(["--bind", &m[0].source])
+        .arg(target));
+    let guard = Mounted(target.to_owned());
+    if m[0].options.iter().any(|o| o == "ro") {
+        run(Command::new("mount")
+            .args(["-o", "remount,bind,ro"])
+            .arg(target));
+    }
+    guard
 }
 
 /// A file capability set granting CAP_NET_RAW (vfs_cap_data revision 2, effective).
@@ -310,4 +328,163 @@ fn copy_tree_does_not_cross_mount_points() {
         "a tmpfs mount point is skipped"
     );
     assert!(!dst.join("bind").exists(), "a bind mount point is skipped");
+}
+
+#[test]
+fn layers_chain_views_are_read_only_and_removal_is_ordered() {
+    let dir = tempfile::tempdir().unwrap();
+    let sn = NativeSnapshotter::new(&dir.path().join("root")).unwrap();
+    let l = Labels::new();
+
+    let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o077));
+    let m = sn.prepare("a", None, l.clone());
+    nix::sys::stat::umask(old);
+    let m = m.unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].r#type, "bind");
+    assert_eq!(m[0].options, ["rbind", "rw"]);
+    let a = PathBuf::from(&m[0].source);
+    assert_eq!(
+        lstat(&a).mode() & 0o7777,
+        0o755,
+        "the root is 0755 whatever the umask"
+    );
+    fs::write(a.join("a.txt"), "from a").unwrap();
+    fs::create_dir(a.join("d")).unwrap();
+    fs::write(a.join("d/f"), "f").unwrap();
+    std::os::unix::fs::symlink("/etc", a.join("etc")).unwrap();
+    assert_eq!(sn.mounts("a").unwrap(), m);
+    assert!(sn.usage("a").unwrap().inodes >= 4);
+    sn.commit("base", "a", l.clone()).unwrap();
+    assert_eq!(sn.stat("base").unwrap().kind, Kind::Committed);
+    assert!(sn.usage("base").unwrap().inodes >= 4);
+    assert_eq!(
+        sn.mounts("base").unwrap_err().kind(),
+        ErrorKind::FailedPrecondition
+    );
+
+    let m = sn.prepare("b", Some("base"), l.clone()).unwrap();
+    assert_eq!(m[0].options, ["rbind", "rw"]);
+    let b = PathBuf::from(&m[0].source);
+    assert_ne!(a, b);
+    assert_eq!(fs::read_to_string(b.join("a.txt")).unwrap(), "from a");
+    assert_eq!(fs::read_to_string(b.join("d/f")).unwrap(), "f");
+    assert_eq!(fs::read_link(b.join("etc")).unwrap(), Path::new("/etc"));
+    fs::write(b.join("a.txt"), "changed in b").unwrap();
+    fs::write(b.join("b.txt"), "from b").unwrap();
+    fs::remove_dir_all(b.join("d")).unwrap();
+
+    let m = sn.view("v", Some("base"), l.clone()).unwrap();
+    assert_eq!(m[0].options, ["rbind", "ro"]);
+    let v = PathBuf::from(&m[0].source);
+    assert_eq!(
+        fs::read_to_string(v.join("a.txt")).unwrap(),
+        "from a",
+        "the parent is untouched by its child"
+    );
+    assert!(!v.join("b.txt").exists());
+    assert!(v.join("d/f").exists());
+    let mnt = dir.path().join("mnt");
+    let guard = bind_mount(&m, &mnt);
+    assert_eq!(fs::read_to_string(mnt.join("a.txt")).unwrap(), "from a");
+    let err = fs::write(mnt.join("c.txt"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "views are read-only");
+    drop(guard);
+
+    sn.commit("top", "b", l.clone()).unwrap();
+    let m = sn.view("v2", Some("top"), l.clone()).unwrap();
+    let v2 = PathBuf::from(&m[0].source);
+    assert_eq!(
+        fs::read_to_string(v2.join("a.txt")).unwrap(),
+        "changed in b"
+    );
+    assert!(!v2.join("d").exists());
+
+    assert_eq!(
+        sn.remove("base").unwrap_err().kind(),
+        ErrorKind::FailedPrecondition
+    );
+    assert_eq!(
+        sn.remove("top").unwrap_err().kind(),
+        ErrorKind::FailedPrecondition
+    );
+    for k in ["v", "v2", "top", "base"] {
+        sn.remove(k).unwrap();
+    }
+    let left = fs::read_dir(dir.path().join("root/snapshots"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "every snapshot directory is gone");
+}
+
+/// Snapshot directories and the number of snapshots in the metadata.
+fn state(sn: &NativeSnapshotter, root: &Path) -> (Vec<String>, usize) {
+    let mut dirs: Vec<String> = fs::read_dir(root.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    dirs.sort();
+    let mut n = 0;
+    sn.walk(&[], &mut |_| {
+        n += 1;
+        Ok(())
+    })
+    .unwrap();
+    (dirs, n)
+}
+
+#[test]
+fn failed_creations_leave_no_directory_and_no_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let sn = NativeSnapshotter::new(&root).unwrap();
+    let l = Labels::new();
+    let m = sn.prepare("k", None, l.clone()).unwrap();
+    fs::write(Path::new(&m[0].source).join("f"), "data").unwrap();
+    sn.commit("p", "k", l.clone()).unwrap();
+    sn.prepare("active", None, l.clone()).unwrap();
+    let before = state(&sn, &root);
+    assert_eq!(before.1, 2);
+
+    for (key, parent, want) in [
+        ("", None, ErrorKind::InvalidArgument),
+        ("a\0b", None, ErrorKind::InvalidArgument),
+        ("", Some("p"), ErrorKind::InvalidArgument),
+        ("x\0", Some("p"), ErrorKind::InvalidArgument),
+        ("c", Some("missing"), ErrorKind::NotFound),
+        ("c", Some("active"), ErrorKind::InvalidArgument),
+        ("p", Some("p"), ErrorKind::AlreadyExists),
+        ("active", None, ErrorKind::AlreadyExists),
+    ] {
+        for view in [false, true] {
+            let r = if view {
+                sn.view(key, parent, l.clone())
+            } else {
+                sn.prepare(key, parent, l.clone())
+            };
+            assert_eq!(r.unwrap_err().kind(), want, "{key:?} on {parent:?}");
+            assert_eq!(
+                state(&sn, &root),
+                before,
+                "{key:?} on {parent:?} left traces"
+            );
+        }
+    }
+}
+
+#[test]
+fn cleanup_removes_strays_and_keeps_live_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let sn = NativeSnapshotter::new(&root).unwrap();
+    let m = sn.prepare("k", None, Labels::new()).unwrap();
+    fs::create_dir_all(root.join("snapshots/999/x")).unwrap();
+    fs::create_dir_all(root.join("snapshots/rm-5")).unwrap();
+    fs::create_dir_all(root.join("snapshots/new-1-0")).unwrap();
+    sn.cleanup().unwrap();
+    let (dirs, n) = state(&sn, &root);
+    assert_eq!(dirs.len(), 1, "only the live snapshot remains: {dirs:?}");
+    assert_eq!(n, 1);
+    assert!(Path::new(&m[0].source).is_dir());
+    assert_eq!(sn.mounts("k").unwrap(), m);
 }
