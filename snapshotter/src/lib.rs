@@ -9,6 +9,9 @@
 //! - [`overlay`]: the overlayfs backend, laid out and mounted as containerd's.
 //! - [`btrfs`]: the btrfs backend: one subvolume per snapshot, made by kernel ioctls, a
 //!   layer on a parent is a copy-on-write snapshot of it.
+//! - [`native`]: the copying backend, laid out and mounted as containerd's native: each
+//!   snapshot a full copy of its parent's tree, mounted with `bind`.
+//! - [`copy`]: [`copy_tree`], the exact tree copy native snapshots are made with.
 //! - [`service`]: `containerd.services.snapshots.v1` over the backends, routed by the
 //!   request's snapshotter name (unknown or empty: the default backend).
 //! - [`client`]: [`GrpcSnapshotter`], the same contract over any snapshots.v1 socket.
@@ -24,10 +27,12 @@
 pub mod api;
 pub mod btrfs;
 pub mod client;
+pub mod copy;
 mod error;
 mod fsutil;
 pub mod meta;
 pub mod mount;
+pub mod native;
 pub mod overlay;
 pub mod service;
 pub mod testsuite;
@@ -35,7 +40,9 @@ pub mod testsuite;
 pub use api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter, Usage};
 pub use btrfs::BtrfsSnapshotter;
 pub use client::GrpcSnapshotter;
+pub use copy::copy_tree;
 pub use error::{Error, ErrorKind, Result};
 pub use fsutil::disk_usage;
 pub use meta::{MetaStore, Snapshot};
+pub use native::NativeSnapshotter;
 pub use overlay::{OverlayOptions, OverlaySnapshotter};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use strata_snapshotter::service::{Backends, BackendsCell, SnapshotsService};
 use strata_snapshotter::testsuite as ts;
 use strata_snapshotter::{
-    BtrfsSnapshotter, Cleanup, GrpcSnapshotter, OverlayOptions, OverlaySnapshotter, Snapshotter,
-    overlay::kernel_supports_index,
+    BtrfsSnapshotter, Cleanup, GrpcSnapshotter, NativeSnapshotter, OverlayOptions,
+    OverlaySnapshotter, Snapshotter, overlay::kernel_supports_index,
 };
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -60,6 +60,16 @@ impl Backend for Overlay {
             )
             .unwrap(),
         )
+    }
+}
+
+struct Native;
+
+impl Backend for Native {
+    const NAME: &'static str = "native";
+    const RENAME_DIRS: bool = true;
+    fn open(root: &Path) -> Arc<dyn SnapshotterAndCleanup> {
+        Arc::new(NativeSnapshotter::new(root).unwrap())
     }
 }
 
@@ -210,4 +220,9 @@ mod overlay {
 mod btrfs {
     use super::*;
     suite!(Btrfs, in_process, over_grpc);
+}
+
+mod native {
+    use super::*;
+    suite!(Native, in_process, over_grpc);
 }
