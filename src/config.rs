@@ -8,7 +8,14 @@
 //! sharing_policy = "shared"      # or "isolated"
 //! ingest_expiry_secs = 86400     # unleased ingests of strata's namespaces
 //! gc_interval_secs = 600         # 0 disables periodic garbage collection
+//!
+//! [snapshots]
+//! default = "overlayfs"          # backend for unknown or empty snapshotter names
+//! btrfs_root = "/mnt/btrfs/strata"  # a directory on btrfs; enables the btrfs backend
 //! ```
+//!
+//! overlayfs and native always live under `<root>/snapshots/`; btrfs is served when
+//! `btrfs_root` is set, or when `<root>/snapshots/btrfs` is itself on btrfs.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +38,33 @@ pub(crate) struct Config {
     /// Content store settings.
     #[serde(default)]
     pub(crate) content: ContentConfig,
+    /// Snapshotter settings.
+    #[serde(default)]
+    pub(crate) snapshots: SnapshotsConfig,
+}
+
+/// `[snapshots]` settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SnapshotsConfig {
+    /// Backend for requests naming no (or an unknown) snapshotter.
+    #[serde(default = "default_snapshotter")]
+    pub(crate) default: String,
+    /// Root of the btrfs backend (must be on a btrfs filesystem).
+    pub(crate) btrfs_root: Option<PathBuf>,
+}
+
+fn default_snapshotter() -> String {
+    "overlayfs".into()
+}
+
+impl Default for SnapshotsConfig {
+    fn default() -> Self {
+        SnapshotsConfig {
+            default: default_snapshotter(),
+            btrfs_root: None,
+        }
+    }
 }
 
 /// `[content]` settings.
@@ -98,6 +132,12 @@ mod tests {
         assert_eq!(c.content.sharing_policy, "isolated");
         assert_eq!(c.content.gc_interval_secs, 0);
         assert_eq!(c.content.ingest_expiry_secs, 86400);
+        assert_eq!(c.snapshots.default, "overlayfs");
+        let c: Config =
+            toml::from_str("[snapshots]\ndefault = \"native\"\nbtrfs_root = \"/b\"\n").unwrap();
+        assert_eq!(c.snapshots.default, "native");
+        assert_eq!(c.snapshots.btrfs_root.as_deref(), Some(Path::new("/b")));
+        assert!(toml::from_str::<Config>("[snapshots]\nbogus = 1").is_err());
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
         assert!(toml::from_str::<Config>("[content]\ngc_interval_secs = -1").is_err());
         assert!(toml::from_str::<Config>("root = [").is_err());

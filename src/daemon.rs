@@ -18,7 +18,9 @@ use strata_content::{LocalStore, SharingPolicy, StoreOptions};
 use strata_proto::strata::v1 as spb;
 use strata_snapshotter::overlay::kernel_supports_index;
 use strata_snapshotter::service::{Backends, BackendsCell, SnapshotsService};
-use strata_snapshotter::{Cleanup, OverlayOptions, OverlaySnapshotter, Snapshotter};
+use strata_snapshotter::{
+    BtrfsSnapshotter, Cleanup, NativeSnapshotter, OverlayOptions, OverlaySnapshotter, Snapshotter,
+};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
@@ -39,7 +41,21 @@ pub(crate) struct ServeOptions {
     pub(crate) store: StoreOptions,
     /// Time between garbage collections (`None`: never).
     pub(crate) gc_interval: Option<Duration>,
+    /// Snapshotter settings.
+    pub(crate) snapshots: SnapshotOptions,
 }
+
+/// Which snapshotter backends to open.
+#[derive(Debug, Clone)]
+pub(crate) struct SnapshotOptions {
+    /// Backend for unknown or empty names.
+    pub(crate) default: String,
+    /// Explicit btrfs root.
+    pub(crate) btrfs_root: Option<PathBuf>,
+}
+
+/// Names of the backends strata serves.
+const BACKENDS: [&str; 3] = ["overlayfs", "native", "btrfs"];
 
 impl ServeOptions {
     /// Merges the config file with flags (flags win).
@@ -69,6 +85,19 @@ impl ServeOptions {
             store,
             gc_interval: (cfg.content.gc_interval_secs > 0)
                 .then(|| Duration::from_secs(cfg.content.gc_interval_secs)),
+            snapshots: {
+                let default = cfg.snapshots.default;
+                if !BACKENDS.contains(&default.as_str()) {
+                    bail!("snapshots.default {default:?} is not one of {BACKENDS:?}");
+                }
+                if default == "btrfs" && cfg.snapshots.btrfs_root.is_none() {
+                    bail!("snapshots.default is \"btrfs\" but snapshots.btrfs_root is not set");
+                }
+                SnapshotOptions {
+                    default,
+                    btrfs_root: cfg.snapshots.btrfs_root,
+                }
+            },
         })
     }
 }
@@ -131,16 +160,25 @@ fn bind_socket(address: &Path) -> anyhow::Result<UnixListener> {
 
 struct Admin {
     store: StoreCell,
+    snapshots: BackendsCell,
     root: PathBuf,
 }
 
 #[tonic::async_trait]
 impl spb::admin_server::Admin for Admin {
     async fn version(&self, _: Request<()>) -> Result<Response<spb::VersionResponse>, Status> {
+        let mut services: Vec<String> = SERVICES.iter().map(|s| (*s).to_owned()).collect();
+        let b = self.snapshots.get("snapshotters").await?;
+        let mut names: Vec<&String> = b.by_name.keys().collect();
+        names.sort();
+        for n in names {
+            let default = if *n == b.default { " (default)" } else { "" };
+            services.push(format!("snapshotter {n}{default}"));
+        }
         Ok(Response::new(spb::VersionResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             root: self.root.display().to_string(),
-            services: SERVICES.iter().map(|s| (*s).to_owned()).collect(),
+            services,
         }))
     }
 
@@ -183,16 +221,21 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
     let (setter, cell) = StoreCell::pending();
     let (snap_setter, snap_cell) = BackendsCell::pending();
-    let (root, store_opts) = (opts.root.clone(), opts.store.clone());
+    let (root, store_opts, snap_opts) = (
+        opts.root.clone(),
+        opts.store.clone(),
+        opts.snapshots.clone(),
+    );
     let fatal: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
     let failed = Arc::new(Notify::new());
     let gc_interval = opts.gc_interval;
     let (fatal2, failed2) = (fatal.clone(), failed.clone());
     tokio::spawn(async move {
-        let opened = tokio::task::spawn_blocking(move || open_stores(&root, store_opts))
-            .await
-            .map_err(|e| anyhow::anyhow!("open stores: {e}"))
-            .and_then(|r| r);
+        let opened =
+            tokio::task::spawn_blocking(move || open_stores(&root, store_opts, &snap_opts))
+                .await
+                .map_err(|e| anyhow::anyhow!("open stores: {e}"))
+                .and_then(|r| r);
         match opened {
             Ok((store, backends)) => {
                 info!("content store and snapshotters ready");
@@ -211,6 +254,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
     let admin = Admin {
         store: cell.clone(),
+        snapshots: snap_cell.clone(),
         root: opts.root.clone(),
     };
     let served = strata_proto::transport::server()
@@ -236,27 +280,55 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the content store and the snapshotter backends (overlayfs, the default).
-fn open_stores(root: &Path, opts: StoreOptions) -> anyhow::Result<(LocalStore, Backends)> {
+/// Opens the content store and the snapshotter backends: overlayfs and native always,
+/// btrfs when configured or when its directory is on btrfs.
+fn open_stores(
+    root: &Path,
+    opts: StoreOptions,
+    snaps: &SnapshotOptions,
+) -> anyhow::Result<(LocalStore, Backends)> {
     let store = LocalStore::open(root, opts).context("open content store")?;
-    let overlay = OverlaySnapshotter::new(
-        &root.join("snapshots").join("overlayfs"),
-        OverlayOptions {
-            index_off: kernel_supports_index(),
-            ..OverlayOptions::default()
-        },
-    )
-    .context("open overlayfs snapshotter")?;
-    let overlay = Arc::new(overlay);
+    let dir = root.join("snapshots");
     let mut by_name: HashMap<String, Arc<dyn Snapshotter>> = HashMap::new();
-    by_name.insert("overlayfs".into(), overlay.clone());
     let mut cleaners: HashMap<String, Arc<dyn Cleanup + Send + Sync>> = HashMap::new();
+    let overlay = Arc::new(
+        OverlaySnapshotter::new(
+            &dir.join("overlayfs"),
+            OverlayOptions {
+                index_off: kernel_supports_index(),
+                ..OverlayOptions::default()
+            },
+        )
+        .context("open overlayfs snapshotter")?,
+    );
+    by_name.insert("overlayfs".into(), overlay.clone());
     cleaners.insert("overlayfs".into(), overlay);
+    let native =
+        Arc::new(NativeSnapshotter::new(&dir.join("native")).context("open native snapshotter")?);
+    by_name.insert("native".into(), native.clone());
+    cleaners.insert("native".into(), native);
+    let btrfs = match &snaps.btrfs_root {
+        Some(r) => Some(BtrfsSnapshotter::new(r).context("open btrfs snapshotter")?),
+        // Without configuration btrfs is served only if strata's own root is on btrfs.
+        None => match BtrfsSnapshotter::new(&dir.join("btrfs")) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == strata_snapshotter::ErrorKind::InvalidArgument => {
+                info!("btrfs snapshotter not served: {e}");
+                None
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("open btrfs snapshotter")),
+        },
+    };
+    if let Some(b) = btrfs {
+        let b = Arc::new(b);
+        by_name.insert("btrfs".into(), b.clone());
+        cleaners.insert("btrfs".into(), b);
+    }
     Ok((
         store,
         Backends {
             by_name,
-            default: "overlayfs".into(),
+            default: snaps.default.clone(),
             cleaners,
         },
     ))

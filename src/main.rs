@@ -42,7 +42,7 @@ enum Command {
         #[arg(long)]
         root: Option<PathBuf>,
         /// TOML configuration file.
-        #[arg(long)]
+        #[arg(long, env = "STRATA_CONFIG")]
         config: Option<PathBuf>,
         /// Log filter (tracing's env-filter syntax), e.g. "info" or "strata_content=debug".
         #[arg(long, env = "STRATA_LOG", default_value = "info")]

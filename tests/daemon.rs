@@ -496,3 +496,95 @@ fn snapshots_over_the_daemon_socket() {
         assert_ne!(left[0], std::ffi::OsString::from("4242"));
     });
 }
+
+#[test]
+fn snapshots_cli_drives_every_backend_like_ctr() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("strata.toml");
+    std::fs::write(&cfg, "[snapshots]\ndefault = \"native\"\n").unwrap();
+    let d = Daemon::start(dir.path(), &[("STRATA_CONFIG", cfg.to_str().unwrap())]);
+    let version = stdout(&d.cli(&["version"]));
+    assert!(
+        version.contains("snapshotter native (default)"),
+        "{version}"
+    );
+    assert!(version.contains("snapshotter overlayfs"), "{version}");
+
+    let ok = |args: &[&str]| {
+        let out = d.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    for sn in ["native", "overlayfs"] {
+        let s = |args: &[&str]| {
+            let mut a = vec!["snapshots", "--snapshotter", sn];
+            a.extend_from_slice(args);
+            ok(&a)
+        };
+        let mounts = s(&["prepare", "--target", "/mnt/x", "--label", "a=1", "k1"]);
+        assert!(mounts.starts_with("mount -t bind "), "{sn}: {mounts}");
+        assert!(mounts.contains(" /mnt/x -o "), "{sn}: {mounts}");
+        // Write a file through the mount source so usage has something to count.
+        let src = mounts.split_whitespace().nth(3).unwrap();
+        std::fs::write(std::path::Path::new(src).join("f"), vec![7u8; 64 << 10]).unwrap();
+        s(&["commit", "--label", "b=2", "base", "k1"]);
+        s(&["prepare", "k2", "base"]);
+        s(&["view", "v1", "base"]);
+        let ls = s(&["ls"]);
+        let rows: Vec<Vec<&str>> = ls.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(rows[0], ["KEY", "PARENT", "KIND"]);
+        assert!(rows.contains(&vec!["base", "Committed"]), "{sn}: {ls}");
+        assert!(rows.contains(&vec!["k2", "base", "Active"]), "{sn}: {ls}");
+        assert!(rows.contains(&vec!["v1", "base", "View"]), "{sn}: {ls}");
+        assert_eq!(
+            s(&["ls", "--filter", "kind==view"]).lines().count(),
+            2,
+            "{sn}: filter"
+        );
+        let tree = s(&["tree"]);
+        assert!(tree.starts_with("base\n"), "{sn}: {tree}");
+        assert!(
+            tree.contains("  \\_ k2\n") && tree.contains("  \\_ v1\n"),
+            "{sn}: {tree}"
+        );
+        let info: serde_json::Value = serde_json::from_str(&s(&["info", "base"])).unwrap();
+        assert_eq!(info["Kind"], "Committed");
+        assert_eq!(info["Labels"]["b"], "2");
+        let usage = s(&["usage", "-b", "base"]);
+        let cols: Vec<&str> = usage.lines().nth(1).unwrap().split_whitespace().collect();
+        assert!(cols[1].parse::<i64>().unwrap() >= 64 << 10, "{sn}: {usage}");
+        assert!(cols[2].parse::<i64>().unwrap() >= 1, "{sn}: {usage}");
+        assert_eq!(s(&["label", "base", "c=3", "b="]).trim(), "c=3");
+        let m = s(&["mounts", "/t", "v1"]);
+        let opts = m.trim().rsplit_once(" -o ").map(|(_, o)| o).unwrap_or("");
+        assert!(
+            m.contains(" /t -o ") && opts.split(',').any(|o| o == "ro"),
+            "{sn}: {m}"
+        );
+
+        // Refusals: a clear error, a non-zero exit, and nothing changed.
+        let before = s(&["ls"]);
+        for bad in [
+            vec!["rm", "base"],
+            vec!["prepare", "k3", "missing"],
+            vec!["prepare", "k3", "k2"],
+            vec!["commit", "base", "k2"],
+            vec!["ls", "--filter", "labels.\"x"],
+            vec!["label", "base", "=v"],
+        ] {
+            let mut a = vec!["snapshots", "--snapshotter", sn];
+            a.extend_from_slice(&bad);
+            let out = d.cli(&a);
+            assert!(!out.status.success(), "{sn} {bad:?} should fail");
+            assert!(
+                stderr(&out).starts_with("error: "),
+                "{sn} {bad:?}: {}",
+                stderr(&out)
+            );
+        }
+        assert_eq!(s(&["ls"]), before, "{sn}: a refused command changed state");
+        s(&["rm", "k2", "v1", "base"]);
+        assert_eq!(s(&["ls"]).lines().count(), 1, "{sn}: all removed");
+        s(&["cleanup"]);
+    }
+}
