@@ -303,3 +303,61 @@ fn containerd_uses_strata_as_its_snapshotter() {
         .count();
     assert_eq!(dirs, 0, "snapshot directories left behind");
 }
+
+/// The remote-snapshot handshake through a real containerd: a layer committed in one
+/// containerd namespace is adopted by another (containerd's Prepare gets AlreadyExists
+/// from strata, Lists by label and parent, and records strata's snapshot) instead of
+/// being unpacked twice.
+#[test]
+fn containerd_adopts_a_layer_committed_in_another_namespace() {
+    use strata_snapshotter::service::SNAPSHOT_REF_LABEL;
+    use strata_snapshotter::{ErrorKind, GrpcSnapshotter, Kind, Snapshotter};
+
+    let dir = tempfile::Builder::new()
+        .prefix("scr")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let wd = dir.path().to_str().unwrap().to_owned();
+    let _cleanup = Cleanup(dir.path());
+    let d = Daemon::start(dir.path(), &[]);
+    let csock = harness(&[], &["start_containerd", &wd, d.sock.to_str().unwrap()]);
+    let rt = common::runtime();
+    let channel = rt
+        .block_on(strata_proto::transport::connect_unix(Path::new(&csock)))
+        .unwrap();
+    let ns = |n: &str| {
+        GrpcSnapshotter::new(channel.clone(), rt.handle().clone(), "strata").with_namespace(n)
+    };
+    let (a, b) = (ns("a"), ns("b"));
+    let mut labels = strata_snapshotter::Labels::new();
+    labels.insert(SNAPSHOT_REF_LABEL.into(), "sha256:layer1".into());
+    labels.insert(
+        "containerd.io/gc.root".into(),
+        "2026-01-01T00:00:00Z".into(),
+    );
+    let (a2, b2, l2) = (a.clone(), b.clone(), labels.clone());
+    std::thread::spawn(move || {
+        a2.prepare("extract-1 sha256:layer1", None, l2.clone())
+            .unwrap();
+        a2.commit("sha256:layer1", "extract-1 sha256:layer1", l2.clone())
+            .unwrap();
+        let err = b2
+            .prepare("extract-2 sha256:layer1", None, l2)
+            .expect_err("the layer is already there");
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err:?}");
+        let st = b2
+            .stat("sha256:layer1")
+            .expect("namespace b adopted the layer");
+        assert_eq!(st.kind, Kind::Committed);
+        assert!(b2.stat("extract-2 sha256:layer1").is_err());
+    })
+    .join()
+    .unwrap();
+    // strata holds one committed snapshot, under namespace a's key.
+    let ours = snapshot_rows(&stdout(&d.cli(&["snapshots", "ls"])));
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert!(
+        ours[0].0.starts_with("a/") && ours[0].2 == "Committed",
+        "{ours:?}"
+    );
+}

@@ -90,6 +90,35 @@ fn parent(p: &str) -> Option<String> {
     (!p.is_empty()).then(|| p.to_owned())
 }
 
+/// The label containerd's unpacker puts on a layer's Prepare (and Commit): the chainID
+/// the layer will be committed as.
+pub const SNAPSHOT_REF_LABEL: &str = "containerd.io/snapshot.ref";
+
+/// containerd's remote-snapshot handshake: when a committed snapshot labelled with the
+/// same target and parent already exists, Prepare answers `AlreadyExists` and containerd
+/// adopts that snapshot (it Lists with the label and parent) instead of unpacking the
+/// layer again. Layers are so shared between containerd namespaces, and a lazily fetched
+/// backend plugs in by committing the target itself.
+fn target_exists(sn: &dyn Snapshotter, target: &str, parent: Option<&str>) -> crate::Result<()> {
+    let mut found = None;
+    sn.walk(&["kind==committed".to_owned()], &mut |i| {
+        if found.is_none()
+            && i.labels.get(SNAPSHOT_REF_LABEL).map(String::as_str) == Some(target)
+            && i.parent.as_deref() == parent
+        {
+            found = Some(i.name);
+        }
+        Ok(())
+    })?;
+    match found {
+        Some(name) => Err(crate::Error::new(
+            crate::ErrorKind::AlreadyExists,
+            format!("target snapshot {target:?} already exists as {name:?}"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The snapshots.v1 service.
 #[derive(Clone)]
 pub struct SnapshotsService {
@@ -118,9 +147,15 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let r = req.into_inner();
         let sn = backend(&self.backends, &r.snapshotter).await?;
-        let mounts =
-            blocking(move || sn.prepare(&r.key, parent(&r.parent).as_deref(), labels_in(r.labels)))
-                .await?;
+        tracing::debug!(key = %r.key, parent = %r.parent, labels = ?r.labels, "prepare");
+        let mounts = blocking(move || {
+            let parent = parent(&r.parent);
+            if let Some(target) = r.labels.get(SNAPSHOT_REF_LABEL) {
+                target_exists(&*sn, target, parent.as_deref())?;
+            }
+            sn.prepare(&r.key, parent.as_deref(), labels_in(r.labels))
+        })
+        .await?;
         Ok(Response::new(pb::PrepareSnapshotResponse {
             mounts: mounts_out(mounts),
         }))
@@ -161,6 +196,7 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
             // Rebase is a capability strata does not advertise yet.
             return Err(Status::unimplemented("commit with a new parent (rebase)"));
         }
+        tracing::debug!(key = %r.key, name = %r.name, labels = ?r.labels, "commit");
         let sn = backend(&self.backends, &r.snapshotter).await?;
         blocking(move || sn.commit(&r.name, &r.key, labels_in(r.labels))).await?;
         Ok(Response::new(()))

@@ -226,3 +226,52 @@ mod native {
     use super::*;
     suite!(Native, in_process, over_grpc);
 }
+
+/// containerd's remote-snapshot handshake, served for every backend: a Prepare labelled
+/// with a target that is already committed (same parent) is `AlreadyExists`, and List
+/// with the label and parent finds it.
+#[test]
+fn remote_snapshot_handshake_over_grpc() {
+    use strata_snapshotter::ErrorKind;
+    use strata_snapshotter::service::SNAPSHOT_REF_LABEL;
+    let h = over_grpc::<Overlay>();
+    let sn = h.sn();
+    let with_ref = |t: &str| {
+        let mut l = ts::gc_root();
+        l.insert(SNAPSHOT_REF_LABEL.into(), t.into());
+        l
+    };
+    // Nothing committed yet: the first namespace unpacks.
+    sn.prepare("ns1/1/extract-a sha256:c1", None, with_ref("sha256:c1"))
+        .unwrap();
+    sn.commit(
+        "ns1/2/sha256:c1",
+        "ns1/1/extract-a sha256:c1",
+        with_ref("sha256:c1"),
+    )
+    .unwrap();
+    // The second namespace is told the target exists, and nothing is created.
+    let err = sn
+        .prepare("ns2/1/extract-b sha256:c1", None, with_ref("sha256:c1"))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err:?}");
+    assert!(sn.stat("ns2/1/extract-b sha256:c1").is_err());
+    let filter = format!(r#"labels."{SNAPSHOT_REF_LABEL}"=="sha256:c1",parent=="""#);
+    let mut found = Vec::new();
+    sn.walk(&[filter], &mut |i| {
+        found.push(i.name);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(found, ["ns1/2/sha256:c1"]);
+    // A different parent is a different layer: it is unpacked.
+    sn.prepare(
+        "ns2/2/extract-c sha256:c2",
+        Some("ns1/2/sha256:c1"),
+        with_ref("sha256:c1"),
+    )
+    .unwrap();
+    // An active snapshot with the label is not a target.
+    let err = sn.prepare("ns3/1/x", None, with_ref("sha256:c2"));
+    assert!(err.is_ok(), "{err:?}");
+}
