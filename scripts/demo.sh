@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on a fresh Debian 12 machine (as root): install, build, start a
 # local registry with a demo image, start strata and a containerd that uses strata as its
-# content store, pull the image through containerd into strata, run a container from it,
-# and show the blobs strata holds. Leaves everything running under the printed work dir;
+# content store and snapshotter, pull the image through containerd into strata, run a
+# container on a strata snapshot, and show the blobs and snapshots strata holds. Leaves everything running under the printed work dir;
 # `scripts/demo.sh stop WORKDIR` stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,10 +36,13 @@ image="$registry/strata/demo:1"
 echo "== pushed $image"
 
 start_containerd "$wd" "$sock" >/dev/null
-echo "== containerd uses strata as its content store (see $wd/containerd.toml)"
+echo "== containerd uses strata as its content store and snapshotter (see $wd/containerd.toml)"
+export STRATA_SNAPSHOTTER=strata
 ctr_pull "$wd" "$image" >/dev/null
 echo "== pulled $image through containerd; blobs in strata:"
 "$strata" --address "$sock" -n "" content ls
-echo "== running a container from it:"
+echo "== unpacked into strata's overlayfs snapshotter:"
+"$strata" --address "$sock" snapshots tree
+echo "== running a container on a strata snapshot:"
 ctr_run "$wd" "$image" strata-demo
 echo "== done. Stop everything with: $root/scripts/demo.sh stop $wd"
