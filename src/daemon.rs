@@ -19,7 +19,8 @@ use strata_proto::strata::v1 as spb;
 use strata_snapshotter::overlay::kernel_supports_index;
 use strata_snapshotter::service::{Backends, BackendsCell, SnapshotsService};
 use strata_snapshotter::{
-    BtrfsSnapshotter, Cleanup, NativeSnapshotter, OverlayOptions, OverlaySnapshotter, Snapshotter,
+    BtrfsSnapshotter, Cleanup, NativeSnapshotter, OverlayOptions, OverlaySnapshotter, Rebase,
+    Snapshotter,
 };
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -231,16 +232,22 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let gc_interval = opts.gc_interval;
     let (fatal2, failed2) = (fatal.clone(), failed.clone());
     tokio::spawn(async move {
-        let opened =
-            tokio::task::spawn_blocking(move || open_stores(&root, store_opts, &snap_opts))
-                .await
-                .map_err(|e| anyhow::anyhow!("open stores: {e}"))
-                .and_then(|r| r);
+        // Snapshotters open first and are served at once: containerd's CRI plugin Stats
+        // and Lists its snapshotter at start-up, and the content store's recovery (pending
+        // commits, ingest scan) may take longer.
+        let opened = tokio::task::spawn_blocking(move || {
+            let backends = open_backends(&root, &snap_opts)?;
+            snap_setter.set(backends);
+            info!("snapshotters ready");
+            LocalStore::open(&root, store_opts).context("open content store")
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("open stores: {e}"))
+        .and_then(|r| r);
         match opened {
-            Ok((store, backends)) => {
-                info!("content store and snapshotters ready");
+            Ok(store) => {
+                info!("content store ready");
                 setter.set(store.clone());
-                snap_setter.set(backends);
                 if let Some(every) = gc_interval {
                     run_gc_loop(store, every).await;
                 }
@@ -280,14 +287,9 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the content store and the snapshotter backends: overlayfs and native always,
-/// btrfs when configured or when its directory is on btrfs.
-fn open_stores(
-    root: &Path,
-    opts: StoreOptions,
-    snaps: &SnapshotOptions,
-) -> anyhow::Result<(LocalStore, Backends)> {
-    let store = LocalStore::open(root, opts).context("open content store")?;
+/// Opens the snapshotter backends: overlayfs and native always, btrfs when configured or
+/// when its directory is on btrfs.
+fn open_backends(root: &Path, snaps: &SnapshotOptions) -> anyhow::Result<Backends> {
     let dir = root.join("snapshots");
     let mut by_name: HashMap<String, Arc<dyn Snapshotter>> = HashMap::new();
     let mut cleaners: HashMap<String, Arc<dyn Cleanup + Send + Sync>> = HashMap::new();
@@ -302,7 +304,9 @@ fn open_stores(
         .context("open overlayfs snapshotter")?,
     );
     by_name.insert("overlayfs".into(), overlay.clone());
-    cleaners.insert("overlayfs".into(), overlay);
+    cleaners.insert("overlayfs".into(), overlay.clone());
+    let mut rebasers: HashMap<String, Arc<dyn Rebase + Send + Sync>> = HashMap::new();
+    rebasers.insert("overlayfs".into(), overlay);
     let native =
         Arc::new(NativeSnapshotter::new(&dir.join("native")).context("open native snapshotter")?);
     by_name.insert("native".into(), native.clone());
@@ -324,14 +328,12 @@ fn open_stores(
         by_name.insert("btrfs".into(), b.clone());
         cleaners.insert("btrfs".into(), b);
     }
-    Ok((
-        store,
-        Backends {
-            by_name,
-            default: snaps.default.clone(),
-            cleaners,
-        },
-    ))
+    Ok(Backends {
+        by_name,
+        default: snaps.default.clone(),
+        cleaners,
+        rebasers,
+    })
 }
 
 async fn run_gc_loop(store: LocalStore, every: Duration) {

@@ -114,6 +114,16 @@ pub trait Snapshotter: Send + Sync {
     fn walk(&self, filters: &[String], f: &mut dyn FnMut(Info) -> Result<()>) -> Result<()>;
 }
 
+/// Backends whose layers do not depend on their parent's contents (overlayfs: an upper
+/// dir is a diff), so a snapshot prepared without a parent can be committed onto one.
+/// This is containerd's `rebase` capability; it lets layers be unpacked in parallel and
+/// chained at commit.
+pub trait Rebase {
+    /// Commits `key` as `name` with `parent` as its parent; `key` must have been prepared
+    /// without a parent or on `parent`.
+    fn commit_onto(&self, name: &str, key: &str, parent: &str, labels: Labels) -> Result<()>;
+}
+
 /// Backends that keep directories of their own and can drop those no metadata refers to.
 pub trait Cleanup {
     /// Removes unreferenced directories; never follows a path a container could change.

@@ -17,7 +17,7 @@ use tokio::runtime::Handle;
 use tonic::Request;
 use tonic::transport::Channel;
 
-use crate::api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter, Usage};
+use crate::api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Snapshotter, Usage};
 use crate::error::{Error, ErrorKind, Result};
 
 /// A snapshotter reached over gRPC.
@@ -236,6 +236,19 @@ impl Snapshotter for GrpcSnapshotter {
             f(info_in(i)?)?;
         }
         Ok(())
+    }
+}
+
+impl Rebase for GrpcSnapshotter {
+    fn commit_onto(&self, name: &str, key: &str, parent: &str, labels: Labels) -> Result<()> {
+        let req = self.request(pb::CommitSnapshotRequest {
+            snapshotter: self.snapshotter.clone(),
+            name: name.to_owned(),
+            key: key.to_owned(),
+            labels: labels_out(&labels),
+            parent: parent.to_owned(),
+        });
+        self.call("commit", self.client.clone().commit(req))
     }
 }
 

@@ -37,7 +37,7 @@ pub mod overlay;
 pub mod service;
 pub mod testsuite;
 
-pub use api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter, Usage};
+pub use api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Snapshotter, Usage};
 pub use btrfs::BtrfsSnapshotter;
 pub use client::GrpcSnapshotter;
 pub use copy::copy_tree;

@@ -306,6 +306,20 @@ impl MetaStore {
     /// Commits the active snapshot `key` as `name` with `labels` and its measured usage;
     /// returns its id (kept, so the backend's directory stays valid).
     pub fn commit(&self, key: &str, name: &str, labels: &Labels, usage: Usage) -> Result<u64> {
+        self.commit_onto(key, name, None, labels, usage)
+    }
+
+    /// [`MetaStore::commit`], re-parenting the snapshot onto `rebase` (a committed
+    /// snapshot) when given. Only a snapshot prepared without a parent, or on that same
+    /// parent, can be rebased: its layer must not depend on another parent's contents.
+    pub fn commit_onto(
+        &self,
+        key: &str,
+        name: &str,
+        rebase: Option<&str>,
+        labels: &Labels,
+        usage: Usage,
+    ) -> Result<u64> {
         validate_key("name", name)?;
         validate_labels(labels)?;
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
@@ -322,9 +336,37 @@ impl MetaStore {
                 format!("snapshot {name:?} already exists"),
             ));
         }
+        let parent = match rebase.filter(|p| !p.is_empty()) {
+            None => r.parent.clone(),
+            Some(p) => {
+                if !r.parent.is_empty() && r.parent != p {
+                    return Err(Error::new(
+                        ErrorKind::FailedPrecondition,
+                        format!(
+                            "snapshot {key:?} was prepared on {:?}: it cannot be rebased onto {p:?}",
+                            r.parent
+                        ),
+                    ));
+                }
+                let pr = self.record(p)?.ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        format!("parent snapshot {p:?} does not exist"),
+                    )
+                })?;
+                if kind_from_i32(pr.kind)? != Kind::Committed {
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        format!("parent {p:?} is not a committed snapshot"),
+                    ));
+                }
+                p.to_owned()
+            }
+        };
         let now = to_nanos(SystemTime::now());
         let rec = SnapshotRecord {
             kind: kind_to_i32(Kind::Committed),
+            parent: parent.clone(),
             created_ns: now,
             updated_ns: now,
             labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -338,7 +380,9 @@ impl MetaStore {
         batch.put(key_i(r.id), name.as_bytes());
         if !r.parent.is_empty() {
             batch.delete(key_p(&r.parent, key));
-            batch.put(key_p(&r.parent, name), b"");
+        }
+        if !parent.is_empty() {
+            batch.put(key_p(&parent, name), b"");
         }
         self.commit_batch(batch)?;
         Ok(r.id)

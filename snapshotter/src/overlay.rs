@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
-use crate::api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter, Usage};
+use crate::api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Snapshotter, Usage};
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::fsutil::disk_usage;
 use crate::fsutil::{io, is_live, temp_name};
@@ -203,6 +203,16 @@ impl Snapshotter for OverlaySnapshotter {
 
     fn walk(&self, filters: &[String], f: &mut dyn FnMut(Info) -> Result<()>) -> Result<()> {
         self.meta.walk(filters, f)
+    }
+}
+
+impl Rebase for OverlaySnapshotter {
+    fn commit_onto(&self, name: &str, key: &str, parent: &str, labels: Labels) -> Result<()> {
+        let s = self.meta.get(key)?;
+        let usage = disk_usage(&self.upper(s.id))?;
+        self.meta
+            .commit_onto(key, name, Some(parent), &labels, usage)?;
+        Ok(())
     }
 }
 

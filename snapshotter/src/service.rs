@@ -15,7 +15,7 @@ use strata_proto::serve::{ReadyCell, blocking};
 use strata_proto::time::{from_timestamp, to_timestamp};
 use tonic::{Request, Response, Status};
 
-use crate::api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter};
+use crate::api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Snapshotter};
 use crate::error::Result;
 
 /// The backends a service routes to, by name, plus the default.
@@ -27,6 +27,8 @@ pub struct Backends {
     pub default: String,
     /// Backends with the [`Cleanup`] capability, by the same names.
     pub cleaners: HashMap<String, Arc<dyn Cleanup + Send + Sync>>,
+    /// Backends with the [`Rebase`] capability, by the same names.
+    pub rebasers: HashMap<String, Arc<dyn Rebase + Send + Sync>>,
 }
 
 /// The backends, possibly still opening.
@@ -192,11 +194,18 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         req: Request<pb::CommitSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
         let r = req.into_inner();
+        tracing::debug!(key = %r.key, name = %r.name, parent = %r.parent, labels = ?r.labels, "commit");
         if !r.parent.is_empty() {
-            // Rebase is a capability strata does not advertise yet.
-            return Err(Status::unimplemented("commit with a new parent (rebase)"));
+            let b = self.backends.get("snapshotters").await?;
+            let sn = b
+                .rebasers
+                .get(&b.route(&r.snapshotter))
+                .cloned()
+                .ok_or_else(|| Status::unimplemented("this snapshotter cannot rebase on commit"))?;
+            blocking(move || sn.commit_onto(&r.name, &r.key, &r.parent, labels_in(r.labels)))
+                .await?;
+            return Ok(Response::new(()));
         }
-        tracing::debug!(key = %r.key, name = %r.name, labels = ?r.labels, "commit");
         let sn = backend(&self.backends, &r.snapshotter).await?;
         blocking(move || sn.commit(&r.name, &r.key, labels_in(r.labels))).await?;
         Ok(Response::new(()))

@@ -8,7 +8,7 @@ use strata_snapshotter::service::{Backends, BackendsCell, SnapshotsService};
 use strata_snapshotter::testsuite as ts;
 use strata_snapshotter::{
     BtrfsSnapshotter, Cleanup, GrpcSnapshotter, NativeSnapshotter, OverlayOptions,
-    OverlaySnapshotter, Snapshotter, overlay::kernel_supports_index,
+    OverlaySnapshotter, Rebase, Snapshotter, overlay::kernel_supports_index,
 };
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -27,7 +27,13 @@ trait Backend {
     }
     /// Opens the backend on `root`.
     fn open(root: &Path) -> Arc<dyn SnapshotterAndCleanup>;
+    /// Opens the backend with its Rebase capability, if it has one.
+    fn open_with_rebase(root: &Path) -> (Arc<dyn SnapshotterAndCleanup>, Option<Rebaser>) {
+        (Self::open(root), None)
+    }
 }
+
+type Rebaser = Arc<dyn Rebase + Send + Sync>;
 
 /// Both traits in one object, so the service gets the Cleanup capability.
 trait SnapshotterAndCleanup: Snapshotter + Cleanup {
@@ -50,7 +56,10 @@ impl Backend for Overlay {
     const NAME: &'static str = "overlayfs";
     const RENAME_DIRS: bool = false;
     fn open(root: &Path) -> Arc<dyn SnapshotterAndCleanup> {
-        Arc::new(
+        Self::open_with_rebase(root).0
+    }
+    fn open_with_rebase(root: &Path) -> (Arc<dyn SnapshotterAndCleanup>, Option<Rebaser>) {
+        let o = Arc::new(
             OverlaySnapshotter::new(
                 root,
                 OverlayOptions {
@@ -59,7 +68,8 @@ impl Backend for Overlay {
                 },
             )
             .unwrap(),
-        )
+        );
+        (o.clone(), Some(o))
     }
 }
 
@@ -130,7 +140,7 @@ fn client(rt: &tokio::runtime::Runtime, sock: &Path, name: &str) -> GrpcSnapshot
 
 fn over_grpc<B: Backend>() -> Harness {
     let mut h = dirs::<B>();
-    let backend = B::open(&h.root);
+    let (backend, rebaser) = B::open_with_rebase(&h.root);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -141,10 +151,14 @@ fn over_grpc<B: Backend>() -> Harness {
         by_name: Default::default(),
         default: B::NAME.into(),
         cleaners: Default::default(),
+        rebasers: Default::default(),
     };
     backends
         .by_name
         .insert(B::NAME.into(), backend.clone().as_snapshotter());
+    if let Some(r) = rebaser {
+        backends.rebasers.insert(B::NAME.into(), r);
+    }
     backends
         .cleaners
         .insert(B::NAME.into(), backend.as_cleanup());
@@ -274,4 +288,96 @@ fn remote_snapshot_handshake_over_grpc() {
     // An active snapshot with the label is not a target.
     let err = sn.prepare("ns3/1/x", None, with_ref("sha256:c2"));
     assert!(err.is_ok(), "{err:?}");
+}
+
+/// containerd's `rebase` capability over gRPC: layers prepared without a parent (so they
+/// can be unpacked in parallel) are chained at commit. overlayfs has it; the others answer
+/// Unimplemented and change nothing.
+fn rebase_case<B: Backend>(supported: bool) {
+    use strata_snapshotter::ErrorKind;
+    let h = over_grpc::<B>();
+    let sn = h.sn();
+    let client = client(h.rt.as_ref().unwrap(), &h.sock, B::NAME);
+    let layer = |key: &str, file: &str| {
+        let m = sn.prepare(key, None, ts::gc_root()).unwrap();
+        let target = h.work.join(key);
+        std::fs::create_dir_all(&target).unwrap();
+        strata_snapshotter::mount::mount_all(&m, &target).unwrap();
+        std::fs::write(target.join(file), file).unwrap();
+        strata_snapshotter::mount::unmount_all(&target).unwrap();
+    };
+    layer("l1", "one");
+    layer("l2", "two");
+    sn.commit("c1", "l1", ts::gc_root()).unwrap();
+    let r = client.commit_onto("c2", "l2", "c1", ts::gc_root());
+    if !supported {
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::Unimplemented);
+        assert_eq!(
+            sn.stat("l2").unwrap().kind,
+            strata_snapshotter::Kind::Active
+        );
+        return;
+    }
+    r.unwrap();
+    assert_eq!(sn.stat("c2").unwrap().parent.as_deref(), Some("c1"));
+    let m = sn.view("v", Some("c2"), ts::gc_root()).unwrap();
+    let target = h.work.join("v");
+    std::fs::create_dir_all(&target).unwrap();
+    strata_snapshotter::mount::mount_all(&m, &target).unwrap();
+    let both = (
+        std::fs::read_to_string(target.join("one")),
+        std::fs::read_to_string(target.join("two")),
+    );
+    strata_snapshotter::mount::unmount_all(&target).unwrap();
+    assert_eq!(
+        (both.0.unwrap(), both.1.unwrap()),
+        ("one".into(), "two".into())
+    );
+    // A snapshot prepared on one parent cannot be rebased onto another, nor onto an
+    // active snapshot or a missing one.
+    sn.prepare("l3", Some("c1"), ts::gc_root()).unwrap();
+    for (parent, kind) in [
+        ("c2", ErrorKind::FailedPrecondition),
+        ("v", ErrorKind::FailedPrecondition),
+        ("missing", ErrorKind::FailedPrecondition),
+    ] {
+        let e = client
+            .commit_onto("c3", "l3", parent, ts::gc_root())
+            .unwrap_err();
+        assert_eq!(e.kind(), kind, "rebase onto {parent}: {e:?}");
+    }
+    sn.prepare("l4", None, ts::gc_root()).unwrap();
+    assert_eq!(
+        client
+            .commit_onto("c4", "l4", "v", ts::gc_root())
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        client
+            .commit_onto("c4", "l4", "missing", ts::gc_root())
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        sn.stat("l4").unwrap().kind,
+        strata_snapshotter::Kind::Active
+    );
+    // The parent now has a child, so it cannot be removed first.
+    assert_eq!(
+        sn.remove("c1").unwrap_err().kind(),
+        ErrorKind::FailedPrecondition
+    );
+}
+
+#[test]
+fn rebase_on_commit_overlay() {
+    rebase_case::<Overlay>(true);
+}
+
+#[test]
+fn rebase_on_commit_native_is_unimplemented() {
+    rebase_case::<Native>(false);
 }

@@ -38,6 +38,7 @@ fn ten_thousand_snapshots() {
             overlay.clone() as Arc<dyn Cleanup + Send + Sync>,
         )]
         .into(),
+        rebasers: Default::default(),
     };
     rt.spawn(
         strata_proto::transport::server()
