@@ -311,6 +311,10 @@ impl LocalStore {
             }
             records.insert(key, rec);
         }
+        // Images are roots: their targets, and what those reference, are kept.
+        for (ns, digest) in self.image_roots()? {
+            queue.push_back((ns, digest));
+        }
         for (ns, id, flat) in &live {
             let prefix = meta::resource_prefix(ns, id);
             for (k, _) in inner.meta.scan(&prefix)? {

@@ -6,6 +6,7 @@
 //! - [`LocalStore`] (module `store`): blobs and resumable ingests on disk, metadata
 //!   (labels, namespaces, leases) in RocksDB (module `meta`), with the durable commit
 //!   sequence and crash recovery documented in `store`.
+//! - [`images`]: image records (name -> manifest/index descriptor), roots of the GC.
 //! - `leases`: leases and the garbage collector ([`LocalStore::garbage_collect`]).
 //! - [`service`]: `containerd.services.content.v1` and `leases.v1` gRPC services over any
 //!   [`LocalStore`].
@@ -21,6 +22,7 @@
 pub mod api;
 mod client;
 mod error;
+pub mod images;
 mod leases;
 mod meta;
 pub mod service;
@@ -33,6 +35,7 @@ pub use api::{
 };
 pub use client::GrpcStore;
 pub use error::{Error, ErrorKind, Result};
+pub use images::{Image, Target};
 pub use leases::{GC_EXPIRE, GC_FLAT, GC_REF_CONTENT, GC_ROOT, GcReport, parse_rfc3339};
 pub use meta::open_versioned as open_versioned_db;
 pub use store::{LocalStore, SHAREABLE_LABEL, SharingPolicy, StoreOptions};

@@ -12,6 +12,7 @@
 //! l/<ns>/<lease>                     -> LeaseRecord
 //! r/<ns>/<lease>/<type>\0<id>        -> ""              (lease resources)
 //! n/<ns>                             -> NamespaceRecord (namespace labels)
+//! i/<ns>/<image name>                -> ImageRecord     (see `images`; names may hold '/')
 //! ```
 //!
 //! Values are protobuf messages (prost), so fields can be added compatibly.

@@ -370,3 +370,113 @@ fn reopen_keeps_committed_content() {
     );
     let _: &dyn ContentStore = &s;
 }
+
+#[test]
+fn images_are_gc_roots_per_namespace() {
+    use strata_content::{Image, Namespace, Target};
+    let h = common::local(SharingPolicy::Shared);
+    let s = &h.local;
+    let scope = Scope::ns("imgs");
+    let ns = Namespace::new("imgs").unwrap();
+    let layer = write_blob(s, &scope, "l", &content(1000, 1), Labels::new()).unwrap();
+    let config = write_blob(s, &scope, "c", &content(100, 2), Labels::new()).unwrap();
+    let manifest = write_blob(
+        s,
+        &scope,
+        "m",
+        &content(200, 3),
+        labels(&[
+            ("containerd.io/gc.ref.content.config", &config.to_string()),
+            ("containerd.io/gc.ref.content.l.0", &layer.to_string()),
+        ]),
+    )
+    .unwrap();
+    let orphan = write_blob(s, &scope, "o", &content(50, 4), Labels::new()).unwrap();
+    let img = Image {
+        name: "127.0.0.1:5000/demo/app:1".into(),
+        target: Target {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: manifest.clone(),
+            size: 200,
+        },
+        labels: labels(&[("k", "v")]),
+        created_at: std::time::UNIX_EPOCH,
+        updated_at: std::time::UNIX_EPOCH,
+    };
+    let stored = s.put_image(&ns, &img).unwrap();
+    assert_eq!(stored.target, img.target);
+    assert!(stored.created_at > std::time::UNIX_EPOCH);
+    // Replacing keeps the creation time.
+    let again = s.put_image(&ns, &img).unwrap();
+    assert_eq!(again.created_at, stored.created_at);
+    assert_eq!(s.get_image(&ns, &img.name).unwrap(), again);
+    let other = Namespace::new("other").unwrap();
+    assert_eq!(
+        s.get_image(&other, &img.name).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(s.list_images(&ns, &[]).unwrap().len(), 1);
+    assert_eq!(
+        s.list_images(&ns, &["labels.k==v".into()]).unwrap().len(),
+        1
+    );
+    assert_eq!(
+        s.list_images(&ns, &[format!("target.digest=={}", manifest)])
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        s.list_images(&ns, &["name~=^docker".into()])
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.list_images(&other, &[]).unwrap().is_empty());
+
+    // The image keeps its manifest and everything the manifest references.
+    s.garbage_collect().unwrap();
+    for d in [&manifest, &config, &layer] {
+        assert!(
+            s.info(&scope, d).is_ok(),
+            "{d} collected while an image holds it"
+        );
+    }
+    assert_eq!(
+        s.info(&scope, &orphan).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
+    // Hostile names and labels are refused without a trace.
+    for bad in ["", "a\nb", &"x".repeat(5000)] {
+        let mut i = img.clone();
+        i.name = bad.to_owned();
+        assert_eq!(
+            s.put_image(&ns, &i).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+    }
+    let mut i = img.clone();
+    i.labels = labels(&[("big", &"v".repeat(5000))]);
+    assert_eq!(
+        s.put_image(&ns, &i).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        s.list_images(&ns, &["name==\"unterminated".into()])
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(s.list_images(&ns, &[]).unwrap(), vec![again]);
+
+    // Deleting the image lets the GC take its blobs.
+    s.delete_image(&ns, &img.name).unwrap();
+    assert_eq!(
+        s.delete_image(&ns, &img.name).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    s.garbage_collect().unwrap();
+    for d in [&manifest, &config, &layer] {
+        assert_eq!(s.info(&scope, d).unwrap_err().kind(), ErrorKind::NotFound);
+    }
+}
