@@ -16,10 +16,12 @@
 
 #![warn(missing_docs)]
 
+pub mod apply;
 pub mod decompress;
 mod error;
 mod limits;
 
+pub use apply::{ApplyStats, WhiteoutMode, apply_layer};
 pub use decompress::{Compression, DecodeError, open_layer};
 pub use error::{EntryName, Error, ErrorKind, Limit, Result};
 pub use limits::Limits;
