@@ -189,6 +189,7 @@ fn split(path: &[u8]) -> (&[u8], &[u8]) {
 
 /// Where an xattr goes: an open file or directory, or a name in a directory (symlinks
 /// and device nodes, which are never opened).
+#[derive(Clone, Copy)]
 enum XattrTarget<'a> {
     Fd(BorrowedFd<'a>),
     At(BorrowedFd<'a>, &'a [u8]),

@@ -103,14 +103,15 @@ fn write_through_absolute_symlink_stays_inside() {
 
         // Pointing at "/": resolves to the root itself.
         let sb = Sandbox::new();
+        let x = sb.escape_name();
         let tar = Tar::new()
             .symlink("evil", "/")
-            .file("evil/x", b"safe")
+            .file(&format!("evil/{x}"), b"safe")
             .finish();
         apply(&sb, &tar, mode).unwrap();
+        sb.assert_no_escape();
         sb.assert_outside_untouched();
-        assert_eq!(std::fs::read(sb.root.join("x")).unwrap(), b"safe");
-        assert!(!std::path::Path::new("/x").exists());
+        assert_eq!(std::fs::read(sb.root.join(&x)).unwrap(), b"safe");
 
         // A symlink to an existing outside file, then a file entry over its name: the
         // symlink is replaced, the outside file untouched.
@@ -147,14 +148,16 @@ fn write_through_relative_symlink_stays_inside() {
         }
         // `..` past the root clamps at the root.
         let sb = Sandbox::new();
+        let x = sb.escape_name();
         let tar = Tar::new()
             .dir("sub")
-            .symlink("sub/up", "../../../..")
-            .file("sub/up/x", b"safe")
+            .symlink("sub/up", "../../../../../../..")
+            .file(&format!("sub/up/{x}"), b"safe")
             .finish();
         apply(&sb, &tar, mode).unwrap();
+        sb.assert_no_escape();
         sb.assert_outside_untouched();
-        assert_eq!(std::fs::read(sb.root.join("x")).unwrap(), b"safe");
+        assert_eq!(std::fs::read(sb.root.join(&x)).unwrap(), b"safe");
     }
 }
 
@@ -164,19 +167,21 @@ fn symlink_swapped_in_mid_archive_stays_inside() {
     for mode in MODES {
         // A = dir, then A = symlink to "/", then A/file: lands at root/file.
         let sb = Sandbox::new();
+        let x = sb.escape_name();
         let tar = Tar::new()
             .dir("A")
             .file("A/before", b"1")
             .symlink("A", "/")
-            .file("A/file", b"safe")
+            .file(&format!("A/{x}"), b"safe")
             .finish();
         apply(&sb, &tar, mode).unwrap();
+        sb.assert_no_escape();
         sb.assert_outside_untouched();
         assert_eq!(
             std::fs::read_link(sb.root.join("A")).unwrap().to_str(),
             Some("/")
         );
-        assert_eq!(std::fs::read(sb.root.join("file")).unwrap(), b"safe");
+        assert_eq!(std::fs::read(sb.root.join(&x)).unwrap(), b"safe");
         assert!(!sb.root.join("before").exists());
 
         // The same with the symlink aimed at the outside dir.
@@ -330,14 +335,15 @@ fn whiteouts_through_symlinks_stay_inside() {
     }
     // A symlink to "/" leads back to the root: the whiteout acts there.
     let sb = Sandbox::new();
-    std::fs::write(sb.root.join("victim"), b"lower").unwrap();
+    let x = sb.escape_name();
+    std::fs::write(sb.root.join(&x), b"lower").unwrap();
     let tar = Tar::new()
         .symlink("ln", "/")
-        .file("ln/.wh.victim", b"")
+        .file(&format!("ln/.wh.{x}"), b"")
         .finish();
     apply(&sb, &tar, WhiteoutMode::Delete).unwrap();
     sb.assert_outside_untouched();
-    assert!(!sb.root.join("victim").exists());
+    assert!(!sb.root.join(&x).exists());
     // Whiteout of a symlink removes the symlink, not its target.
     let sb = Sandbox::new();
     let target = format!("{}/keep", sb.outside_abs());

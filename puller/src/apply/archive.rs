@@ -220,7 +220,7 @@ impl<'l, R: Read> TarReader<'l, R> {
                 }
                 return Ok(None);
             }
-            check_checksum(&block).map_err(|r| malformed(r))?;
+            check_checksum(&block).map_err(&malformed)?;
             let header = tar::Header::from_byte_slice(&block);
             let typeflag = block[156];
             let header_size = header
@@ -242,7 +242,7 @@ impl<'l, R: Read> TarReader<'l, R> {
                             if pax.is_some() {
                                 return Err(malformed("two PAX headers for one entry"));
                             }
-                            pax = Some(parse_pax(&body).map_err(|r| malformed(r))?);
+                            pax = Some(parse_pax(&body).map_err(&malformed)?);
                         }
                         b'g' => tracing::debug!("ignoring a PAX global header"),
                         b'L' => {

@@ -49,6 +49,13 @@ pub(crate) fn fsetxattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> nix::R
 }
 
 /// `struct xattr_args` of setxattrat(2).
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64",
+    target_arch = "x86",
+    target_arch = "arm"
+))]
 #[repr(C)]
 struct XattrArgs {
     value: u64,

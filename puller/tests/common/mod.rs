@@ -107,7 +107,7 @@ impl Tar {
     /// The end-of-archive marker, padded to a 10 KiB record as GNU tar does.
     pub fn finish(&mut self) -> Vec<u8> {
         self.buf.extend(std::iter::repeat_n(0, 1024));
-        while self.buf.len() % 10240 != 0 {
+        while !self.buf.len().is_multiple_of(10240) {
             self.buf.push(0);
         }
         std::mem::take(&mut self.buf)
@@ -203,6 +203,23 @@ impl Sandbox {
             "changed outside the root:\n{}",
             changed.join("\n")
         );
+    }
+
+    /// A name no host path has, for entries that must land in the root when written
+    /// through a symlink to `/`: were the applier to escape, it would make `/<name>`,
+    /// which [`Sandbox::assert_no_escape`] catches and removes.
+    pub fn escape_name(&self) -> String {
+        let tmp = self.tmp.path().file_name().unwrap().to_str().unwrap();
+        format!("strata-escape-test-{tmp}")
+    }
+
+    /// Asserts that `/<escape_name>` does not exist (removing it if it does).
+    pub fn assert_no_escape(&self) {
+        let host = Path::new("/").join(self.escape_name());
+        if host.symlink_metadata().is_ok() {
+            let _ = fs::remove_file(&host);
+            panic!("{} was created outside the root", host.display());
+        }
     }
 
     /// The absolute path of `outside`, as a symlink target.
