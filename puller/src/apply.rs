@@ -87,6 +87,10 @@ pub enum WhiteoutMode {
     /// `root` is an overlayfs upper directory (not mounted): `.wh.NAME` becomes the
     /// whiteout overlayfs reads, a 0:0 character device named NAME, and
     /// `.wh..wh..opq` sets `trusted.overlay.opaque=y` on its directory.
+    ///
+    /// Only the upper directory is seen, as in containerd's upper-dir apply: a hard link
+    /// to a file of a lower layer is refused as missing, and a parent that is a symlink
+    /// in a lower layer is made a directory here.
     Overlay,
     /// `root` holds the parent's whole tree (a native or btrfs snapshot): `.wh.NAME`
     /// removes NAME recursively, and `.wh..wh..opq` removes every child of its directory
@@ -468,6 +472,10 @@ impl Applier<'_> {
     /// Removes `name` in `dir` and everything below it, except (with `keep_written`)
     /// what this layer wrote and the directories leading to it. Returns whether
     /// something was kept at `name`, and if so whether it is a directory.
+    ///
+    /// Recursive, holding one descriptor per level: a tree deeper than the process's
+    /// descriptor limit fails with `EMFILE` (trees made by this applier are at most
+    /// [`Limits::max_path_len`] / 2 deep).
     fn prune(
         &mut self,
         raw: &[u8],
