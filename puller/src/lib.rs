@@ -20,8 +20,12 @@ pub mod apply;
 pub mod decompress;
 mod error;
 mod limits;
+pub mod pull;
+pub mod unpack;
 
 pub use apply::{ApplyStats, WhiteoutMode, apply_layer};
 pub use decompress::{Compression, DecodeError, open_layer};
 pub use error::{EntryName, Error, ErrorKind, Limit, Result};
 pub use limits::Limits;
+pub use pull::{PullError, PullResult};
+pub use unpack::{Layer, UnpackEvent, Unpacker, chain_ids};

@@ -92,6 +92,17 @@ fn parent(p: &str) -> Option<String> {
     (!p.is_empty()).then(|| p.to_owned())
 }
 
+/// Label on snapshots strata itself made (its puller): the strata namespace owning them.
+/// Requests without a namespace header (a proxying containerd, whose garbage collector
+/// removes every backend snapshot it did not record) never see them in List, nor adopt
+/// them through the remote-snapshot handshake.
+pub const OWNER_LABEL: &str = "strata.io/owner";
+
+/// Whether the request comes from a namespaced (strata) client.
+fn namespaced<T>(req: &Request<T>) -> bool {
+    req.metadata().get(strata_proto::NAMESPACE_HEADER).is_some()
+}
+
 /// The label containerd's unpacker puts on a layer's Prepare (and Commit): the chainID
 /// the layer will be committed as.
 pub const SNAPSHOT_REF_LABEL: &str = "containerd.io/snapshot.ref";
@@ -101,10 +112,16 @@ pub const SNAPSHOT_REF_LABEL: &str = "containerd.io/snapshot.ref";
 /// adopts that snapshot (it Lists with the label and parent) instead of unpacking the
 /// layer again. Layers are so shared between containerd namespaces, and a lazily fetched
 /// backend plugs in by committing the target itself.
-fn target_exists(sn: &dyn Snapshotter, target: &str, parent: Option<&str>) -> crate::Result<()> {
+fn target_exists(
+    sn: &dyn Snapshotter,
+    target: &str,
+    parent: Option<&str>,
+    see_owned: bool,
+) -> crate::Result<()> {
     let mut found = None;
     sn.walk(&["kind==committed".to_owned()], &mut |i| {
         if found.is_none()
+            && (see_owned || !i.labels.contains_key(OWNER_LABEL))
             && i.labels.get(SNAPSHOT_REF_LABEL).map(String::as_str) == Some(target)
             && i.parent.as_deref() == parent
         {
@@ -147,13 +164,14 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         &self,
         req: Request<pb::PrepareSnapshotRequest>,
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
+        let see_owned = namespaced(&req);
         let r = req.into_inner();
         let sn = backend(&self.backends, &r.snapshotter).await?;
         tracing::debug!(key = %r.key, parent = %r.parent, labels = ?r.labels, "prepare");
         let mounts = blocking(move || {
             let parent = parent(&r.parent);
             if let Some(target) = r.labels.get(SNAPSHOT_REF_LABEL) {
-                target_exists(&*sn, target, parent.as_deref())?;
+                target_exists(&*sn, target, parent.as_deref(), see_owned)?;
             }
             sn.prepare(&r.key, parent.as_deref(), labels_in(r.labels))
         })
@@ -264,12 +282,15 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         &self,
         req: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
+        let see_owned = namespaced(&req);
         let r = req.into_inner();
         let sn = backend(&self.backends, &r.snapshotter).await?;
         let infos = blocking(move || {
             let mut v = Vec::new();
             sn.walk(&r.filters, &mut |i| {
-                v.push(info_out(&i));
+                if see_owned || !i.labels.contains_key(OWNER_LABEL) {
+                    v.push(info_out(&i));
+                }
                 Ok(())
             })?;
             Ok::<_, crate::Error>(v)

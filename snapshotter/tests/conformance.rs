@@ -288,6 +288,35 @@ fn remote_snapshot_handshake_over_grpc() {
     // An active snapshot with the label is not a target.
     let err = sn.prepare("ns3/1/x", None, with_ref("sha256:c2"));
     assert!(err.is_ok(), "{err:?}");
+
+    // Snapshots strata's puller owns are invisible to clients without a namespace (a
+    // proxying containerd would garbage-collect them) and never adopted by them.
+    use strata_snapshotter::service::OWNER_LABEL;
+    let mut owned = with_ref("sha256:o1");
+    owned.insert(OWNER_LABEL.into(), "default".into());
+    let strata = client(h.rt.as_ref().unwrap(), &h.sock, "overlayfs").with_namespace("default");
+    strata.prepare("o-a", None, owned.clone()).unwrap();
+    strata.commit("sha256:o1", "o-a", owned).unwrap();
+    let names = |c: &dyn Snapshotter| {
+        let mut v = Vec::new();
+        c.walk(&[], &mut |i| {
+            v.push(i.name);
+            Ok(())
+        })
+        .unwrap();
+        v
+    };
+    assert!(!names(sn).contains(&"sha256:o1".to_string()));
+    assert!(names(&strata).contains(&"sha256:o1".to_string()));
+    sn.prepare("ns4/1/extract sha256:o1", None, with_ref("sha256:o1"))
+        .expect("a header-less client unpacks its own copy");
+    assert_eq!(
+        strata
+            .prepare("x2", None, with_ref("sha256:o1"))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::AlreadyExists
+    );
 }
 
 /// containerd's `rebase` capability over gRPC: layers prepared without a parent (so they

@@ -1,0 +1,415 @@
+//! Unpacking an image's layers from the content store into a snapshotter, committed under
+//! their chainIDs.
+//!
+//! With a [`Rebase`]-capable backend (overlayfs) every missing layer is prepared without a
+//! parent and extracted at the same time as the others (an upper dir does not depend on
+//! its parents' contents), then committed in chain order onto its parent. Otherwise layers
+//! go one after the other, each prepared on the previous chainID. A layer whose chainID is
+//! already committed is skipped. Each extraction is verified against the config's
+//! diff_id and synced once (`syncfs`) before its commit; a failed layer's active snapshot
+//! is removed, so nothing half-extracted is ever committed.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sha2::{Digest as _, Sha256};
+use strata_content::{LocalStore, Provider, Scope};
+use strata_proto::Digest;
+use strata_snapshotter::mount::{mount_all, unmount_all};
+use strata_snapshotter::{Labels, Mount, Rebase, Snapshotter};
+
+use crate::pull::{PullError, PullResult};
+use crate::{Limits, WhiteoutMode, apply_layer, open_layer};
+
+pub use strata_snapshotter::service::{OWNER_LABEL, SNAPSHOT_REF_LABEL};
+
+/// The chainIDs of a stack of diff_ids: `chain[0] = diff[0]`,
+/// `chain[i] = sha256(chain[i-1] + " " + diff[i])` (OCI image spec).
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => {
+                let h = Sha256::digest(format!("{prev} {d}").as_bytes());
+                Digest::parse(&format!("sha256:{}", hex::encode(h)))
+                    .expect("a sha256 digest is valid")
+            }
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// One layer: its blob in the content store and the diff_id it must extract to.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    /// Media type of the blob (selects the decompressor).
+    pub media_type: String,
+    /// The blob.
+    pub digest: Digest,
+    /// The uncompressed tar's digest, from the image config.
+    pub diff_id: Digest,
+}
+
+/// What happened to one layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnpackEvent {
+    /// Extraction of layer `index` started.
+    Started {
+        /// Layer index (bottom is 0).
+        index: usize,
+    },
+    /// Layer `index` is committed (or was already) as `chain_id`.
+    Done {
+        /// Layer index.
+        index: usize,
+        /// Its chainID.
+        chain_id: Digest,
+        /// Uncompressed bytes extracted (0 when skipped).
+        bytes: u64,
+        /// Whether the chainID was already there.
+        skipped: bool,
+    },
+}
+
+/// Where and how to unpack.
+pub struct Unpacker<'a> {
+    /// The content store holding the layer blobs.
+    pub store: &'a LocalStore,
+    /// The scope the blobs are visible in.
+    pub scope: &'a Scope,
+    /// The target snapshotter.
+    pub snapshotter: &'a dyn Snapshotter,
+    /// Its Rebase capability, when it has one (enables parallel extraction).
+    pub rebase: Option<&'a (dyn Rebase + Send + Sync)>,
+    /// How whiteouts are written into a directory reached without a mount: overlay upper
+    /// dirs take overlay whiteouts, full-copy snapshots take deletions. Through a mount
+    /// (an overlay with lower layers), deletions are always used.
+    pub whiteouts: WhiteoutMode,
+    /// Bounds for hostile layers.
+    pub limits: Limits,
+    /// Layers extracted at once (with Rebase).
+    pub concurrency: usize,
+    /// Labels put on every committed layer besides strata's own.
+    pub labels: Labels,
+    /// The strata namespace the snapshots belong to ([`OWNER_LABEL`]).
+    pub owner: String,
+}
+
+/// An active snapshot being extracted, removed on drop unless committed.
+struct Active<'a> {
+    sn: &'a dyn Snapshotter,
+    key: String,
+    committed: bool,
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        if !self.committed
+            && let Err(e) = self.sn.remove(&self.key)
+        {
+            tracing::warn!(key = %self.key, error = ?e, "remove failed extraction snapshot");
+        }
+    }
+}
+
+fn unique() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!(
+        "{}-{t}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A directory the mounts can be written through: the source of a lone bind mount, or a
+/// temporary mount point holding them.
+struct Target {
+    dir: PathBuf,
+    mounted: Option<tempfile::TempDir>,
+}
+
+impl Target {
+    fn new(mounts: &[Mount]) -> PullResult<Target> {
+        if let [m] = mounts
+            && (m.r#type == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind"))
+            && !m.options.iter().any(|o| o == "ro")
+        {
+            return Ok(Target {
+                dir: PathBuf::from(&m.source),
+                mounted: None,
+            });
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("strata-unpack-")
+            .tempdir()
+            .map_err(|e| PullError::internal("create a mount point for unpacking", e))?;
+        mount_all(mounts, tmp.path()).map_err(|e| PullError::from_snapshot("mount layer", e))?;
+        Ok(Target {
+            dir: tmp.path().to_owned(),
+            mounted: Some(tmp),
+        })
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(t) = &self.mounted
+            && let Err(e) = unmount_all(t.path())
+        {
+            tracing::warn!(error = ?e, "unmount unpack target");
+        }
+    }
+}
+
+fn syncfs(dir: &Path) -> PullResult<()> {
+    let f = File::open(dir).map_err(|e| PullError::internal("open layer dir to sync", e))?;
+    // SAFETY: syncfs takes a valid open descriptor, which `f` owns for the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(PullError::internal(
+            "syncfs",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+impl Unpacker<'_> {
+    fn commit_labels(&self, chain: &Digest) -> Labels {
+        let mut l = self.labels.clone();
+        l.insert(SNAPSHOT_REF_LABEL.into(), chain.to_string());
+        l.insert(OWNER_LABEL.into(), self.owner.clone());
+        l
+    }
+
+    fn is_committed(&self, chain: &Digest) -> bool {
+        self.snapshotter
+            .stat(&chain.to_string())
+            .is_ok_and(|i| i.kind == strata_snapshotter::Kind::Committed)
+    }
+
+    /// Prepares `key` on `parent` and extracts layer `i` into it; returns the active
+    /// snapshot (not yet committed) and the uncompressed size.
+    fn extract(
+        &self,
+        i: usize,
+        layer: &Layer,
+        chain: &Digest,
+        parent: Option<&str>,
+    ) -> PullResult<(Active<'_>, u64)> {
+        let key = format!("strata/extract/{}/{chain}", unique());
+        let mut labels = Labels::new();
+        labels.insert(OWNER_LABEL.into(), self.owner.clone());
+        let mounts = self
+            .snapshotter
+            .prepare(&key, parent, labels)
+            .map_err(|e| PullError::from_snapshot(&format!("prepare layer {i}"), e))?;
+        let active = Active {
+            sn: self.snapshotter,
+            key,
+            committed: false,
+        };
+        self.store
+            .info(self.scope, &layer.digest)
+            .map_err(|e| PullError::from_content(&format!("layer {i} blob"), e))?;
+        let blob = File::open(self.store.blob_path(&layer.digest))
+            .map_err(|e| PullError::internal("open layer blob", e))?;
+        let target = Target::new(&mounts)?;
+        let tar = open_layer(
+            Some(&layer.media_type),
+            BufReader::with_capacity(1 << 20, blob),
+            &self.limits,
+        )
+        .map_err(|e| PullError::from_apply(i, e))?;
+        // Through a mount the filesystem makes its own whiteouts from deletions.
+        let mode = if target.mounted.is_some() {
+            WhiteoutMode::Delete
+        } else {
+            self.whiteouts
+        };
+        let stats = apply_layer(tar, &target.dir, mode, &self.limits)
+            .map_err(|e| PullError::from_apply(i, e))?;
+        if stats.diff_id != layer.diff_id {
+            return Err(PullError::invalid(format!(
+                "layer {i} ({}) extracts to {}, but the image config says {}",
+                layer.digest, stats.diff_id, layer.diff_id
+            )));
+        }
+        syncfs(&target.dir)?;
+        drop(target);
+        Ok((active, stats.tar_bytes))
+    }
+
+    /// Unpacks `layers` (bottom first); returns the top chainID.
+    pub fn unpack(
+        &self,
+        layers: &[Layer],
+        on: &(dyn Fn(UnpackEvent) + Sync),
+    ) -> PullResult<Option<Digest>> {
+        let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
+        let chains = chain_ids(&diff_ids);
+        match self.rebase {
+            Some(rebase) => self.unpack_parallel(layers, &chains, rebase, on)?,
+            None => self.unpack_in_order(layers, &chains, on)?,
+        }
+        Ok(chains.last().cloned())
+    }
+
+    fn unpack_in_order(
+        &self,
+        layers: &[Layer],
+        chains: &[Digest],
+        on: &(dyn Fn(UnpackEvent) + Sync),
+    ) -> PullResult<()> {
+        for (i, layer) in layers.iter().enumerate() {
+            let chain = &chains[i];
+            if self.is_committed(chain) {
+                on(UnpackEvent::Done {
+                    index: i,
+                    chain_id: chain.clone(),
+                    bytes: 0,
+                    skipped: true,
+                });
+                continue;
+            }
+            on(UnpackEvent::Started { index: i });
+            let parent = i.checked_sub(1).map(|p| chains[p].to_string());
+            let (mut active, bytes) = self.extract(i, layer, chain, parent.as_deref())?;
+            self.commit(i, chain, &mut active, None)?;
+            on(UnpackEvent::Done {
+                index: i,
+                chain_id: chain.clone(),
+                bytes,
+                skipped: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Commits `active` as `chain`; a chainID committed meanwhile by a concurrent pull is
+    /// not an error (our copy is dropped).
+    fn commit(
+        &self,
+        i: usize,
+        chain: &Digest,
+        active: &mut Active<'_>,
+        rebase: Option<(&(dyn Rebase + Send + Sync), Option<&str>)>,
+    ) -> PullResult<()> {
+        let labels = self.commit_labels(chain);
+        let name = chain.to_string();
+        let r = match rebase {
+            Some((r, Some(parent))) => r.commit_onto(&name, &active.key, parent, labels),
+            _ => self.snapshotter.commit(&name, &active.key, labels),
+        };
+        match r {
+            Ok(()) => {
+                active.committed = true;
+                Ok(())
+            }
+            Err(e) if e.kind() == strata_snapshotter::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(PullError::from_snapshot(&format!("commit layer {i}"), e)),
+        }
+    }
+
+    fn unpack_parallel(
+        &self,
+        layers: &[Layer],
+        chains: &[Digest],
+        rebase: &(dyn Rebase + Send + Sync),
+        on: &(dyn Fn(UnpackEvent) + Sync),
+    ) -> PullResult<()> {
+        // Layers already committed (and everything below them) need no work; find the
+        // lowest missing one.
+        let first_missing = (0..layers.len())
+            .rev()
+            .find(|&i| self.is_committed(&chains[i]))
+            .map_or(0, |i| i + 1);
+        for (i, chain) in chains.iter().enumerate().take(first_missing) {
+            on(UnpackEvent::Done {
+                index: i,
+                chain_id: chain.clone(),
+                bytes: 0,
+                skipped: true,
+            });
+        }
+        let todo: Vec<usize> = (first_missing..layers.len()).collect();
+        let results: Vec<Mutex<Option<PullResult<(Active<'_>, u64)>>>> =
+            todo.iter().map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for _ in 0..self.concurrency.clamp(1, todo.len().max(1)) {
+                s.spawn(|| {
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= todo.len() || failed.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let i = todo[n];
+                        on(UnpackEvent::Started { index: i });
+                        let r = self.extract(i, &layers[i], &chains[i], None);
+                        if r.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        *results[n].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                    }
+                });
+            }
+        });
+        // In chain order, so each layer's parent is committed before it.
+        let mut extracted = Vec::new();
+        for (n, slot) in results.into_iter().enumerate() {
+            match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                Some(r) => extracted.push((todo[n], r?)),
+                None => {
+                    return Err(PullError::internal(
+                        "unpack",
+                        std::io::Error::other("a layer was not extracted after another failed"),
+                    ));
+                }
+            }
+        }
+        for (i, (mut active, bytes)) in extracted {
+            let parent = i.checked_sub(1).map(|p| chains[p].to_string());
+            self.commit(
+                i,
+                &chains[i],
+                &mut active,
+                Some((rebase, parent.as_deref())),
+            )?;
+            on(UnpackEvent::Done {
+                index: i,
+                chain_id: chains[i].clone(),
+                bytes,
+                skipped: false,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_image_spec() {
+        let d = |h: &str| Digest::parse(&format!("sha256:{}", h.repeat(64))).unwrap();
+        let (a, b) = (d("a"), d("b"));
+        let c = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(c[0], a);
+        let want = hex::encode(Sha256::digest(format!("{a} {b}").as_bytes()));
+        assert_eq!(c[1].to_string(), format!("sha256:{want}"));
+        assert!(chain_ids(&[]).is_empty());
+    }
+}
