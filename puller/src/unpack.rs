@@ -118,6 +118,9 @@ impl Drop for Active<'_> {
     }
 }
 
+/// An extracted, not yet committed layer and its uncompressed size.
+type Extracted<'a> = PullResult<(Active<'a>, u64)>;
+
 fn unique() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -206,7 +209,7 @@ impl Unpacker<'_> {
         layer: &Layer,
         chain: &Digest,
         parent: Option<&str>,
-    ) -> PullResult<(Active<'_>, u64)> {
+    ) -> Extracted<'_> {
         let key = format!("strata/extract/{}/{chain}", unique());
         let mut labels = Labels::new();
         labels.insert(OWNER_LABEL.into(), self.owner.clone());
@@ -343,7 +346,7 @@ impl Unpacker<'_> {
             });
         }
         let todo: Vec<usize> = (first_missing..layers.len()).collect();
-        let results: Vec<Mutex<Option<PullResult<(Active<'_>, u64)>>>> =
+        let results: Vec<Mutex<Option<Extracted<'_>>>> =
             todo.iter().map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
         let failed = std::sync::atomic::AtomicBool::new(false);
