@@ -19,6 +19,7 @@
 pub mod apply;
 pub mod decompress;
 mod error;
+pub mod fetch;
 mod limits;
 pub mod pull;
 pub mod unpack;
@@ -26,6 +27,7 @@ pub mod unpack;
 pub use apply::{ApplyStats, WhiteoutMode, apply_layer};
 pub use decompress::{Compression, DecodeError, open_layer};
 pub use error::{EntryName, Error, ErrorKind, Limit, Result};
+pub use fetch::{Blob, BlobSource, Fetched, fetch_blob};
 pub use limits::Limits;
 pub use pull::{PullError, PullResult};
 pub use unpack::{Layer, UnpackEvent, Unpacker, chain_ids};
