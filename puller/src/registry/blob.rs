@@ -287,7 +287,7 @@ impl RegistryClient {
                         errors.push(
                             host,
                             Error::data_loss(format!(
-                                "{what}: asked for bytes {start}-{}, registry answered Content-Range {:?}",
+                                "asked for bytes {start}-{}, registry answered Content-Range {:?}",
                                 end - 1,
                                 cr.chars().take(80).collect::<String>()
                             )),
@@ -301,7 +301,7 @@ impl RegistryClient {
             } else {
                 errors.push(
                     host,
-                    Error::data_loss(format!("{what}: unexpected status {status}")),
+                    Error::data_loss(format!("unexpected status {status}")),
                 );
                 continue;
             };
@@ -310,13 +310,13 @@ impl RegistryClient {
             {
                 errors.push(
                     host,
-                    Error::data_loss(format!(
-                        "{what}: Content-Length {len}, expected {expect_total}"
-                    )),
+                    Error::data_loss(format!("Content-Length {len}, expected {expect_total}")),
                 );
                 continue;
             }
-            let whole = skip == 0 && expect_total == desc.size && end == desc.size;
+            // The whole blob flows from byte 0 when the server sent all of it and the range
+            // reaches the end: then the digest can be checked too.
+            let whole = expect_total == desc.size && end == desc.size;
             let state = State {
                 body: resp.into_body(),
                 idle: self.options().read_timeout,
@@ -366,9 +366,7 @@ impl RegistryClient {
             match self.send_host(host, &req).await {
                 Ok(resp) => match header_u64(&resp, CONTENT_LENGTH) {
                     Some(n) => return Ok(n),
-                    None => {
-                        errors.push(host, Error::data_loss(format!("{what}: no Content-Length")))
-                    }
+                    None => errors.push(host, Error::data_loss("no Content-Length")),
                 },
                 Err(e) => errors.push(host, e),
             }

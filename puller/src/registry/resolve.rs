@@ -178,7 +178,7 @@ impl RegistryClient {
                 let (body, ct, _) = self
                     .get_manifest(host, reference, &desc.digest.to_string())
                     .await?;
-                verify(desc, &body, "manifest")?;
+                verify(desc, &body)?;
                 let (kind, _) = classify(&body, ct.as_deref(), expected)?;
                 Ok::<_, Error>((kind, body))
             }
@@ -223,7 +223,7 @@ impl RegistryClient {
                     "config",
                 )
                 .await?;
-                verify(desc, &body, "blob")?;
+                verify(desc, &body)?;
                 Ok::<_, Error>(body)
             }
             .await;
@@ -356,21 +356,17 @@ fn check_document_size(desc: &Descriptor, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn verify(desc: &Descriptor, body: &[u8], what: &str) -> Result<()> {
+fn verify(desc: &Descriptor, body: &[u8]) -> Result<()> {
     if body.len() as u64 != desc.size {
         return Err(Error::data_loss(format!(
-            "{what} {}: registry sent {} bytes, descriptor says {}",
-            desc.digest,
+            "registry sent {} bytes, descriptor says {}",
             body.len(),
             desc.size
         )));
     }
     let got = Hasher::digest_of(desc.digest.algorithm(), body);
     if got != desc.digest {
-        return Err(Error::data_loss(format!(
-            "{what} {} has digest {got}",
-            desc.digest
-        )));
+        return Err(Error::data_loss(format!("content has digest {got}")));
     }
     Ok(())
 }
