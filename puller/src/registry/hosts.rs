@@ -133,7 +133,7 @@ pub fn hosts_for(registry: &str, opts: &HostOptions) -> Result<Vec<RegistryHost>
 }
 
 fn prefix(e: Error, path: &Path) -> Error {
-    Error::new(e.kind(), format!("{}: {e}", path.display()))
+    Error::new(e.kind(), format!("{}", path.display())).with_source(e)
 }
 
 fn read_capped(path: &Path) -> Result<Option<String>> {

@@ -395,8 +395,8 @@ mod tests {
         assert!(
             err(&manifest(None), None, Some(ManifestKind::Index)).contains("expected an index")
         );
-        let both = format!(r#"{{"schemaVersion":2,"manifests":[],"layers":[]}}"#);
-        assert!(err(&both, None, None).contains("ambiguous"));
+        let both = r#"{"schemaVersion":2,"manifests":[],"layers":[]}"#;
+        assert!(err(both, None, None).contains("ambiguous"));
         assert!(err(r#"{"schemaVersion":2}"#, None, None).contains("neither"));
         assert!(err(r#"{"schemaVersion":1,"fsLayers":[]}"#, None, None).contains("schema 1"));
         assert!(err(r#"{"schemaVersion":3,"manifests":[]}"#, None, None).contains("schemaVersion"));

@@ -1,7 +1,7 @@
 //! The registry client.
 //!
 //! Layers, from the bottom:
-//! - [`reference`]: `[registry/]repo[:tag][@digest]`, validated and normalised.
+//! - [`reference`](mod@reference): `[registry/]repo[:tag][@digest]`, validated and normalised.
 //! - [`hosts`]: which hosts serve a registry (containerd's `hosts.toml`, mirrors first).
 //! - [`auth`]: credentials (`config.json`, `--user`) and `WWW-Authenticate` challenges.
 //! - `client`: one request to one host with retries, redirects and authentication;
