@@ -1,18 +1,29 @@
-//! strata's puller.
+//! strata's puller: from a registry into the content store and a snapshotter.
 //!
-//! Map of the crate (so far, the unpacking core; the registry client and the pull
-//! pipeline build on it):
+//! Map of the crate:
+//! - [`registry`]: the OCI/Docker registry client. [`registry::Reference`] parses and
+//!   normalises image references, [`registry::hosts`] reads containerd's `hosts.toml`
+//!   (mirrors, plain http, `skip_verify`), [`registry::auth`] finds credentials
+//!   (`~/.docker/config.json`, `--user`) and answers Basic and Bearer challenges,
+//!   [`registry::RegistryClient`] sends requests (retries, redirects, credential
+//!   confinement), resolves a reference to a platform's manifest and config, and streams
+//!   blobs with HTTP Range.
+//! - [`fetch`]: [`fetch_blob`] downloads a blob into the content store, resuming from
+//!   the ingest's durable offset and sharing one download between concurrent pulls.
 //! - [`decompress`]: [`open_layer`] turns a layer blob into its uncompressed tar by
 //!   media type or magic bytes: gzip, zstd (window capped) or plain.
 //! - [`apply`]: [`apply_layer`] extracts that tar into a snapshot's directory safely
 //!   (nothing outside the root is ever touched), converting whiteouts for overlay
 //!   upper directories or deleting for full-copy snapshots, and returns the diff_id.
-//! - [`Limits`]: the bounds a hostile layer runs into; [`Error`]: what went wrong,
-//!   with an errdefs [`ErrorKind`] for the gRPC edge.
+//! - [`unpack`]: [`Unpacker`] commits an image's layers under their chainIDs, in
+//!   parallel on a Rebase-capable snapshotter.
+//! - [`pull`]: the whole pipeline and its error, [`PullError`].
+//! - [`Limits`]: the bounds a hostile layer runs into; [`Error`]: what went wrong while
+//!   unpacking, with an errdefs [`ErrorKind`] for the gRPC edge.
 //!
-//! A layer unpack flows: `Snapshotter::prepare(key, parent)` -> mount or locate the
-//! directory -> `apply_layer(open_layer(media_type, blob, &limits)?, dir, mode, &limits)`
-//! -> compare `diff_id` with the image config -> sync -> `commit(chain_id, key)`.
+//! A pull flows: `RegistryClient::resolve_image` -> [`fetch_blob`] for the manifest,
+//! config and layers (in parallel) -> [`Unpacker::unpack`] (`prepare` -> `apply_layer` ->
+//! diff_id check -> `syncfs` -> `commit(chainID)`) -> image record.
 
 #![warn(missing_docs)]
 
@@ -22,6 +33,7 @@ mod error;
 pub mod fetch;
 mod limits;
 pub mod pull;
+pub mod registry;
 pub mod unpack;
 
 pub use apply::{ApplyStats, WhiteoutMode, apply_layer};
