@@ -41,5 +41,5 @@ pub use decompress::{Compression, DecodeError, open_layer};
 pub use error::{EntryName, Error, ErrorKind, Limit, Result};
 pub use fetch::{Blob, BlobSource, Fetched, fetch_blob};
 pub use limits::Limits;
-pub use pull::{PullError, PullResult};
+pub use pull::{Progress, PullError, PullRequest, PullResult, UnpackTo, pull};
 pub use unpack::{Layer, UnpackEvent, Unpacker, chain_ids};

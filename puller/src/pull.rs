@@ -94,3 +94,463 @@ impl std::error::Error for PullError {
         self.source.as_deref().map(|s| s as _)
     }
 }
+
+// ---- The pipeline ----------------------------------------------------------------------
+
+use std::io::Read;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use strata_content::{
+    Image, Labels, LeaseManager, LocalStore, Manager, Namespace, Scope, Target as ImageTarget,
+};
+use strata_proto::Digest;
+use strata_snapshotter::{Rebase, Snapshotter};
+use tokio::runtime::Handle;
+
+use crate::fetch::{Blob, BlobSource, Fetched, fetch_blob};
+use crate::registry::{self, Descriptor, Platform, Reference, RegistryClient};
+use crate::unpack::{Layer, UnpackEvent, Unpacker};
+use crate::{Limits, WhiteoutMode};
+
+impl From<registry::Error> for PullError {
+    fn from(e: registry::Error) -> Self {
+        PullError::new(e.kind(), "registry").with_source(e)
+    }
+}
+
+/// Where a pull unpacks to.
+pub struct UnpackTo<'a> {
+    /// The snapshotter's name (for the config's gc.ref.snapshot label).
+    pub name: String,
+    /// The snapshotter.
+    pub snapshotter: &'a dyn Snapshotter,
+    /// Its Rebase capability, when it has one.
+    pub rebase: Option<&'a (dyn Rebase + Send + Sync)>,
+    /// Whiteouts for directories reached without a mount.
+    pub whiteouts: WhiteoutMode,
+}
+
+/// One layer's progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerState {
+    /// The compressed blob.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// Bytes in the content store.
+    pub fetched: u64,
+    /// Uncompressed bytes extracted.
+    pub unpacked: u64,
+    /// waiting | downloading | downloaded | exists | unpacking | unpacked | skipped
+    pub state: &'static str,
+}
+
+/// A pull's progress, reported after every change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// resolving | fetching | unpacking | done
+    pub stage: &'static str,
+    /// The image name recorded.
+    pub name: String,
+    /// The top-level digest, once resolved.
+    pub digest: Option<Digest>,
+    /// Layers, bottom first.
+    pub layers: Vec<LayerState>,
+    /// The top chainID, once unpacked.
+    pub chain_id: Option<Digest>,
+}
+
+/// A pull request.
+pub struct PullRequest<'a> {
+    /// The image reference.
+    pub reference: &'a str,
+    /// The platform to pick from an index.
+    pub platform: Platform,
+    /// Layers fetched at once.
+    pub concurrency: usize,
+    /// Where to unpack, or nothing (`--no-unpack`).
+    pub unpack: Option<UnpackTo<'a>>,
+}
+
+/// Reads a registry blob stream synchronously, for the content store's writer.
+struct StreamReader {
+    rt: Handle,
+    stream: registry::BlobStream,
+    chunk: Bytes,
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rt.block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(b)) => self.chunk = b,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        let _ = self.chunk.split_to(n);
+        Ok(n)
+    }
+}
+
+/// A registry repository as a [`BlobSource`].
+struct RegistrySource<'a> {
+    rt: Handle,
+    client: &'a RegistryClient,
+    reference: &'a Reference,
+}
+
+impl BlobSource for RegistrySource<'_> {
+    fn open(&self, blob: &Blob, offset: u64) -> PullResult<(Box<dyn Read + Send>, u64)> {
+        let desc = Descriptor::new(blob.media_type.clone(), blob.digest.clone(), blob.size);
+        let range = (offset > 0 && offset < blob.size).then(|| offset..blob.size);
+        let stream = self
+            .rt
+            .block_on(self.client.fetch_blob(self.reference, &desc, range))?;
+        let start = stream.offset();
+        Ok((
+            Box::new(StreamReader {
+                rt: self.rt.clone(),
+                stream,
+                chunk: Bytes::new(),
+            }),
+            start,
+        ))
+    }
+}
+
+/// In-memory bytes as a [`BlobSource`] (documents already fetched and verified).
+struct BytesSource(Bytes);
+
+impl BlobSource for BytesSource {
+    fn open(&self, _: &Blob, offset: u64) -> PullResult<(Box<dyn Read + Send>, u64)> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.0.len());
+        Ok((
+            Box::new(std::io::Cursor::new(self.0.slice(start..))),
+            start as u64,
+        ))
+    }
+}
+
+fn blob_of(d: &Descriptor) -> Blob {
+    Blob {
+        media_type: d.media_type.clone(),
+        digest: d.digest.clone(),
+        size: d.size,
+    }
+}
+
+/// Adds `labels` to a blob (created with them, or updated if it existed).
+fn label_blob(store: &LocalStore, scope: &Scope, d: &Digest, labels: &Labels) -> PullResult<()> {
+    if labels.is_empty() {
+        return Ok(());
+    }
+    let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
+    store
+        .update(scope, d, labels.clone(), &paths)
+        .map_err(|e| PullError::from_content(&format!("label {d}"), e))?;
+    Ok(())
+}
+
+/// Media types of layers strata can unpack.
+fn check_layer_media_type(mt: &str) -> PullResult<()> {
+    crate::decompress::Compression::from_media_type(mt)
+        .map(|_| ())
+        .map_err(|e| PullError::new(e.kind(), "layer").with_source(e))
+}
+
+/// Pulls an image into `store` (namespace `ns`) and, if asked, a snapshotter; records it
+/// and returns the final progress. Blocking: call from a thread outside `rt`'s workers.
+pub fn pull(
+    rt: &Handle,
+    client: &RegistryClient,
+    store: &LocalStore,
+    ns: &Namespace,
+    req: &PullRequest<'_>,
+    on: &(dyn Fn(&Progress) + Sync),
+) -> PullResult<Progress> {
+    let reference = Reference::parse(req.reference)?;
+    let progress = Mutex::new(Progress {
+        stage: "resolving",
+        name: reference.to_string(),
+        ..Default::default()
+    });
+    let report = |f: &dyn Fn(&mut Progress)| {
+        let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut p);
+        on(&p);
+    };
+    report(&|_| {});
+    let resolved = rt.block_on(client.resolve_image(&reference, &req.platform))?;
+    let m = &resolved.manifest;
+    if m.layers.len() != resolved.config.rootfs.diff_ids.len() {
+        return Err(PullError::invalid(format!(
+            "{reference}: {} layers but {} diff_ids in the config",
+            m.layers.len(),
+            resolved.config.rootfs.diff_ids.len()
+        )));
+    }
+    for l in &m.layers {
+        check_layer_media_type(&l.media_type)?;
+    }
+    report(&|p| {
+        p.stage = "fetching";
+        p.digest = Some(resolved.root.descriptor.digest.clone());
+        p.layers = m
+            .layers
+            .iter()
+            .map(|l| LayerState {
+                digest: l.digest.clone(),
+                size: l.size,
+                fetched: 0,
+                unpacked: 0,
+                state: "waiting",
+            })
+            .collect();
+    });
+
+    // Everything fetched is held by a lease until the image record holds it.
+    let lease = format!("pull-{}-{}", std::process::id(), unique_suffix());
+    let plain = Scope::ns(ns.as_str());
+    let mut lease_labels = Labels::new();
+    lease_labels.insert(
+        strata_content::GC_EXPIRE.into(),
+        crate::pull::rfc3339_in(std::time::Duration::from_secs(24 * 3600)),
+    );
+    store
+        .create_lease(&plain, &lease, lease_labels)
+        .map_err(|e| PullError::from_content("create pull lease", e))?;
+    let scope = plain.clone().with_lease(lease.clone());
+    let result = pull_leased(
+        rt, client, store, &scope, ns, &reference, &resolved, req, &report,
+    );
+    if let Err(e) = store.delete_lease(&plain, &lease, false) {
+        tracing::warn!(error = ?e, "delete pull lease");
+    }
+    result?;
+    report(&|p| p.stage = "done");
+    Ok(progress.into_inner().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn unique_suffix() -> u64 {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    t ^ (N.fetch_add(1, Ordering::Relaxed) as u64)
+}
+
+/// RFC 3339 UTC time `d` from now.
+pub(crate) fn rfc3339_in(d: std::time::Duration) -> String {
+    let secs = (std::time::SystemTime::now() + d)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pull_leased(
+    rt: &Handle,
+    client: &RegistryClient,
+    store: &LocalStore,
+    scope: &Scope,
+    ns: &Namespace,
+    reference: &Reference,
+    resolved: &registry::ResolvedImage,
+    req: &PullRequest<'_>,
+    report: &(dyn Fn(&dyn Fn(&mut Progress)) + Sync),
+) -> PullResult<()> {
+    let m = &resolved.manifest;
+    let src = RegistrySource {
+        rt: rt.clone(),
+        client,
+        reference: &resolved.reference,
+    };
+    // Layers, several at once.
+    let next = AtomicUsize::new(0);
+    let first_error: Mutex<Option<PullError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..req.concurrency.clamp(1, m.layers.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= m.layers.len() {
+                        break;
+                    }
+                    if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                        break;
+                    }
+                    let l = &m.layers[i];
+                    let mut labels = Labels::new();
+                    labels.insert(
+                        "containerd.io/uncompressed".into(),
+                        resolved.config.rootfs.diff_ids[i].to_string(),
+                    );
+                    report(&|p| p.layers[i].state = "downloading");
+                    let r = fetch_blob(store, scope, &blob_of(l), &src, &labels, &|n| {
+                        report(&|p| p.layers[i].fetched = n)
+                    });
+                    match r {
+                        Ok(f) => report(&|p| {
+                            p.layers[i].fetched = l.size;
+                            p.layers[i].state = if f == Fetched::Exists {
+                                "exists"
+                            } else {
+                                "downloaded"
+                            };
+                        }),
+                        Err(e) => {
+                            let e =
+                                PullError::new(e.kind(), format!("fetch layer {i} ({})", l.digest))
+                                    .with_source(e);
+                            first_error
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+
+    // The config, then unpack, then the documents that reference them.
+    let config_desc = &m.config;
+    fetch_blob(
+        store,
+        scope,
+        &blob_of(config_desc),
+        &BytesSource(resolved.config_body.clone()),
+        &Labels::new(),
+        &|_| {},
+    )?;
+    if let Some(to) = &req.unpack {
+        report(&|p| p.stage = "unpacking");
+        let layers: Vec<Layer> = m
+            .layers
+            .iter()
+            .zip(&resolved.config.rootfs.diff_ids)
+            .map(|(l, d)| Layer {
+                media_type: l.media_type.clone(),
+                digest: l.digest.clone(),
+                diff_id: d.clone(),
+            })
+            .collect();
+        let unpacker = Unpacker {
+            store,
+            scope,
+            snapshotter: to.snapshotter,
+            rebase: to.rebase,
+            whiteouts: to.whiteouts,
+            limits: Limits::default(),
+            concurrency: req.concurrency.max(1),
+            labels: Labels::new(),
+            owner: ns.as_str().to_owned(),
+        };
+        let top_chain = unpacker.unpack(&layers, &|e| match e {
+            UnpackEvent::Started { index } => report(&|p| p.layers[index].state = "unpacking"),
+            UnpackEvent::Done {
+                index,
+                bytes,
+                skipped,
+                ..
+            } => report(&|p| {
+                p.layers[index].unpacked = bytes;
+                p.layers[index].state = if skipped { "skipped" } else { "unpacked" };
+            }),
+        })?;
+        if let Some(c) = &top_chain {
+            let mut l = Labels::new();
+            l.insert(
+                format!("containerd.io/gc.ref.snapshot.{}", to.name),
+                c.to_string(),
+            );
+            label_blob(store, scope, &config_desc.digest, &l)?;
+        }
+        let chain = top_chain.clone();
+        report(&|p| p.chain_id = chain.clone());
+    }
+
+    // The manifest references its config and layers; an index its manifest.
+    let mut ml = Labels::new();
+    ml.insert(
+        "containerd.io/gc.ref.content.config".into(),
+        config_desc.digest.to_string(),
+    );
+    for (i, l) in m.layers.iter().enumerate() {
+        ml.insert(
+            format!("containerd.io/gc.ref.content.l.{i}"),
+            l.digest.to_string(),
+        );
+    }
+    fetch_blob(
+        store,
+        scope,
+        &blob_of(&resolved.manifest_descriptor),
+        &BytesSource(resolved.manifest_body.clone()),
+        &ml,
+        &|_| {},
+    )?;
+    label_blob(store, scope, &resolved.manifest_descriptor.digest, &ml)?;
+    let root = &resolved.root.descriptor;
+    if root.digest != resolved.manifest_descriptor.digest {
+        let mut il = Labels::new();
+        il.insert(
+            "containerd.io/gc.ref.content.m.0".into(),
+            resolved.manifest_descriptor.digest.to_string(),
+        );
+        fetch_blob(
+            store,
+            scope,
+            &blob_of(root),
+            &BytesSource(resolved.root.body.clone()),
+            &il,
+            &|_| {},
+        )?;
+        label_blob(store, scope, &root.digest, &il)?;
+    }
+    let image = Image {
+        name: reference.to_string(),
+        target: ImageTarget {
+            media_type: root.media_type.clone(),
+            digest: root.digest.clone(),
+            size: root.size,
+        },
+        labels: Labels::new(),
+        created_at: std::time::SystemTime::now(),
+        updated_at: std::time::SystemTime::now(),
+    };
+    store
+        .put_image(ns, &image)
+        .map_err(|e| PullError::from_content("record image", e))?;
+    Ok(())
+}
