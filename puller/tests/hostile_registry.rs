@@ -156,6 +156,21 @@ async fn digest_mismatches_are_rejected() {
     let err = s.try_collect::<Vec<_>>().await.unwrap_err();
     assert!(err.is(ErrorKind::DataLoss), "{err:?}");
     assert!(chain(&err).contains("content has digest"), "{err:?}");
+    // Read as AsyncRead, the same failure is an io::Error carrying the registry error.
+    let mut s = client
+        .fetch_blob(&reference(&server, "app"), &d, None)
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let io = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)
+        .await
+        .unwrap_err();
+    let inner = io
+        .get_ref()
+        .unwrap()
+        .downcast_ref::<strata_puller::registry::Error>()
+        .unwrap();
+    assert!(inner.is(ErrorKind::DataLoss), "{inner:?}");
 }
 
 #[tokio::test]

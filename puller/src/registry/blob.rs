@@ -70,8 +70,13 @@ impl Hasher {
 /// [`BlobStream::offset`], or ends with an error: `DataLoss` when the registry sends too
 /// few or too many bytes, another range, or (when the whole blob passed through) content
 /// whose digest differs; `Unavailable` when the connection fails or stalls.
+///
+/// It is a [`Stream`] of chunks and also a [`tokio::io::AsyncRead`]; a read error is an
+/// `io::Error` whose inner error is this crate's [`Error`].
 pub struct BlobStream {
     inner: Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>,
+    /// What `poll_read` has taken from `inner` but not handed out yet.
+    pending: Bytes,
     offset: u64,
     len: u64,
     range_honoured: bool,
@@ -121,7 +126,31 @@ impl std::fmt::Debug for BlobStream {
 impl Stream for BlobStream {
     type Item = Result<Bytes>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if !self.pending.is_empty() {
+            return Poll::Ready(Some(Ok(std::mem::take(&mut self.pending))));
+        }
         self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl tokio::io::AsyncRead for BlobStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        while self.pending.is_empty() {
+            match self.inner.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(std::io::Error::other(e))),
+                Poll::Ready(Some(Ok(b))) => self.pending = b,
+            }
+        }
+        let n = self.pending.len().min(buf.remaining());
+        let chunk = self.pending.split_to(n);
+        buf.put_slice(&chunk);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -335,6 +364,7 @@ impl RegistryClient {
             });
             return Ok(BlobStream {
                 inner: Box::pin(inner),
+                pending: Bytes::new(),
                 offset: start,
                 len: end - start,
                 range_honoured: honoured,
