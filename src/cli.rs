@@ -26,6 +26,21 @@ pub(crate) struct Client {
     namespace: String,
 }
 
+/// Adds the namespace header, when there is one, to each request.
+#[derive(Clone)]
+pub(crate) struct NamespaceInterceptor(
+    Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+);
+
+impl tonic::service::Interceptor for NamespaceInterceptor {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert(NAMESPACE_HEADER, v.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// Turns a gRPC status into an error that reads like the rest of the chain.
 pub(crate) fn rpc(what: &str, s: &tonic::Status) -> anyhow::Error {
     anyhow!("{} ({:?})", s.message(), s.code()).context(what.to_owned())
@@ -43,7 +58,7 @@ impl Client {
         })
     }
 
-    fn req<T>(&self, msg: T) -> Request<T> {
+    pub(crate) fn req<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         if !self.namespace.is_empty()
             && let Ok(v) = self.namespace.parse()
@@ -57,6 +72,15 @@ impl Client {
         ContentClient::new(self.channel.clone())
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(16 << 20)
+    }
+
+    /// An interceptor adding this client's namespace header to every request.
+    pub(crate) fn namespace_interceptor(&self) -> NamespaceInterceptor {
+        NamespaceInterceptor(
+            (!self.namespace.is_empty())
+                .then(|| self.namespace.parse().ok())
+                .flatten(),
+        )
     }
 
     /// The connection, for service clients defined elsewhere.

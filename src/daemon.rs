@@ -203,6 +203,7 @@ const SERVICES: &[&str] = &[
     "containerd.services.snapshots.v1.Snapshots",
     "containerd.services.leases.v1.Leases",
     "strata.v1.Admin",
+    "strata.v1.Images",
 ];
 
 async fn shutdown_signal() {
@@ -267,7 +268,10 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let served = strata_proto::transport::server()
         .add_service(ContentService::new(cell.clone()).into_server())
         .add_service(LeasesService::new(cell.clone()).into_server())
-        .add_service(SnapshotsService::new(snap_cell).into_server())
+        .add_service(SnapshotsService::new(snap_cell.clone()).into_server())
+        .add_service(
+            strata_puller::service::ImagesService::new(cell.clone(), snap_cell).into_server(),
+        )
         .add_service(spb::admin_server::AdminServer::new(admin))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
             tokio::select! {

@@ -7,6 +7,7 @@
 mod cli;
 mod config;
 mod daemon;
+mod images;
 mod snapshots;
 
 use std::path::PathBuf;
@@ -54,6 +55,11 @@ enum Command {
     /// Manage leases.
     #[command(subcommand)]
     Leases(cli::LeasesCmd),
+    /// Pull images from a registry into the content store and a snapshotter.
+    Pull(images::PullArgs),
+    /// Manage images.
+    #[command(subcommand)]
+    Images(images::ImagesCmd),
     /// Manage snapshots.
     Snapshots(snapshots::SnapshotsArgs),
     /// Run the garbage collector now.
@@ -109,6 +115,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Command::Content(c) => c.run(&client).await,
                 Command::Leases(c) => c.run(&client).await,
                 Command::Snapshots(c) => c.run(&client).await,
+                Command::Pull(c) => c.run(&client).await,
+                Command::Images(c) => c.run(&client).await,
                 Command::Gc => client.gc().await,
                 Command::Version => client.version().await,
                 Command::Serve { .. } => unreachable!("handled above"),

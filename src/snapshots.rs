@@ -9,9 +9,13 @@ use strata_proto::containerd::services::snapshots::v1 as pb;
 use strata_proto::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use strata_proto::containerd::types::Mount;
 use strata_proto::time::from_timestamp;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::cli::{Client, human_size, parse_label, rfc3339, rpc};
+
+/// The snapshots client, sending the CLI's namespace (so strata's own snapshots show).
+type Api = SnapshotsClient<InterceptedService<Channel, crate::cli::NamespaceInterceptor>>;
 
 /// `strata snapshots [--snapshotter S] <command>`.
 #[derive(Args, Debug)]
@@ -116,7 +120,7 @@ fn print_mounts(target: &str, mounts: &[Mount]) {
 impl SnapshotsArgs {
     pub(crate) async fn run(self, c: &Client) -> anyhow::Result<()> {
         let sn = self.snapshotter;
-        let mut api = SnapshotsClient::new(c.channel());
+        let mut api = SnapshotsClient::with_interceptor(c.channel(), c.namespace_interceptor());
         match self.cmd {
             SnapshotsCmd::Ls { filters } => {
                 let infos = list(&mut api, &sn, filters).await?;
@@ -286,11 +290,7 @@ impl SnapshotsArgs {
     }
 }
 
-async fn list(
-    api: &mut SnapshotsClient<Channel>,
-    sn: &str,
-    filters: Vec<String>,
-) -> anyhow::Result<Vec<pb::Info>> {
+async fn list(api: &mut Api, sn: &str, filters: Vec<String>) -> anyhow::Result<Vec<pb::Info>> {
     let mut stream = api
         .list(pb::ListSnapshotsRequest {
             snapshotter: sn.to_owned(),
@@ -311,7 +311,7 @@ async fn list(
     Ok(out)
 }
 
-async fn stat(api: &mut SnapshotsClient<Channel>, sn: &str, key: &str) -> anyhow::Result<pb::Info> {
+async fn stat(api: &mut Api, sn: &str, key: &str) -> anyhow::Result<pb::Info> {
     api.stat(pb::StatSnapshotRequest {
         snapshotter: sn.to_owned(),
         key: key.to_owned(),

@@ -36,6 +36,10 @@ pub type BackendsCell = ReadyCell<Backends>;
 
 impl Backends {
     /// The backend `name` routes to: itself if configured, else the default.
+    pub fn route_name(&self, name: &str) -> String {
+        self.route(name)
+    }
+
     fn route(&self, name: &str) -> String {
         if self.by_name.contains_key(name) {
             name.to_owned()
