@@ -37,11 +37,13 @@ use strata_snapshotter::{
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
-/// Rounds the cycles are split into; the target order reverses every round.
-const ROUNDS: usize = 10;
+/// Rounds the cycles are split into; the target order reverses every round. Many short
+/// turns, because on a shared machine a burst of someone else's writeback lasts seconds and
+/// would otherwise land on one target's turn only.
+const ROUNDS: usize = 40;
 /// Unrecorded cycles after each settle, so waking from its idle pause (parked threads, idle
 /// disk) is not counted against whichever target happens to go next.
-const REWARM: usize = 5;
+const REWARM: usize = 3;
 /// Full Lists timed per target.
 const LIST_REPS: usize = 20;
 /// Stats of random keys timed per target.
@@ -110,7 +112,7 @@ fn ms(d: Duration) -> f64 {
 fn settle() {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(100));
 }
 
 /// Small deterministic generator for the Stat keys: the same sequence for every target.
