@@ -347,6 +347,7 @@ fn serve(
         by_name: Default::default(),
         default: backends.first().map(|(n, _)| n.clone()).unwrap_or_default(),
         cleaners: Default::default(),
+        rebasers: Default::default(),
     };
     for (name, be) in backends {
         b.by_name.insert(name.clone(), be.clone().snapshotter());

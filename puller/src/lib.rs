@@ -17,7 +17,7 @@
 //!   upper directories or deleting for full-copy snapshots, and returns the diff_id.
 //! - [`unpack`]: [`Unpacker`] commits an image's layers under their chainIDs, in
 //!   parallel on a Rebase-capable snapshotter.
-//! - [`pull`]: the whole pipeline and its error, [`PullError`]; [`service`]: it and the
+//! - [`pull`](mod@pull): the whole pipeline and its error, [`PullError`]; [`service`]: it and the
 //!   image records as `strata.v1.Images`.
 //! - [`Limits`]: the bounds a hostile layer runs into; [`Error`]: what went wrong while
 //!   unpacking, with an errdefs [`ErrorKind`] for the gRPC edge.

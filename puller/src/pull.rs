@@ -121,6 +121,9 @@ impl From<registry::Error> for PullError {
     }
 }
 
+/// Applies a change to the pull's progress and reports it.
+type Report<'a> = dyn Fn(&dyn Fn(&mut Progress)) + Sync + 'a;
+
 /// Where a pull unpacks to.
 pub struct UnpackTo<'a> {
     /// The snapshotter's name (for the config's gc.ref.snapshot label).
@@ -208,7 +211,7 @@ struct RegistrySource<'a> {
 impl BlobSource for RegistrySource<'_> {
     fn open(&self, blob: &Blob, offset: u64) -> PullResult<(Box<dyn Read + Send>, u64)> {
         let desc = Descriptor::new(blob.media_type.clone(), blob.digest.clone(), blob.size);
-        let range = (offset > 0 && offset < blob.size).then(|| offset..blob.size);
+        let range = (offset > 0 && offset < blob.size).then_some(offset..blob.size);
         let stream = self
             .rt
             .block_on(self.client.fetch_blob(self.reference, &desc, range))?;
@@ -384,7 +387,7 @@ fn pull_leased(
     reference: &Reference,
     resolved: &registry::ResolvedImage,
     req: &PullRequest<'_>,
-    report: &(dyn Fn(&dyn Fn(&mut Progress)) + Sync),
+    report: &Report<'_>,
 ) -> PullResult<()> {
     let m = &resolved.manifest;
     let src = RegistrySource {
