@@ -3,8 +3,9 @@
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use crate::api::Usage;
 use crate::error::{Error, ErrorKind, Result};
@@ -60,4 +61,76 @@ pub fn disk_usage(dir: &Path) -> Result<Usage> {
         }
     }
     Ok(usage)
+}
+
+/// Deletes removed snapshots' directories on a background thread, so Remove answers after
+/// its metadata write and a rename (containerd's Remove likewise leaves the deletion to
+/// its garbage collector). Directories still queued when the process stops are
+/// `rm-<id>` leftovers that Cleanup removes.
+pub(crate) struct Reaper {
+    tx: Mutex<Option<mpsc::Sender<PathBuf>>>,
+    pending: Arc<(Mutex<usize>, Condvar)>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Reaper {
+    pub(crate) fn new() -> Reaper {
+        let (tx, rx) = mpsc::channel::<PathBuf>();
+        let pending: Arc<(Mutex<usize>, Condvar)> = Arc::default();
+        let p = pending.clone();
+        let thread = std::thread::Builder::new()
+            .name("snapshot-reaper".into())
+            .spawn(move || {
+                for dir in rx {
+                    if let Err(e) = fs::remove_dir_all(&dir)
+                        && e.kind() != std::io::ErrorKind::NotFound
+                    {
+                        tracing::warn!(dir = %dir.display(), error = %e, "snapshot directory left for cleanup");
+                    }
+                    let (n, cv) = &*p;
+                    *n.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                    cv.notify_all();
+                }
+            })
+            .ok();
+        Reaper {
+            tx: Mutex::new(thread.as_ref().map(|_| tx)),
+            pending,
+            thread: Mutex::new(thread),
+        }
+    }
+
+    /// Queues `dir` (already renamed out of the live namespace) for deletion; deletes it
+    /// in place if the thread could not start.
+    pub(crate) fn reap(&self, dir: PathBuf) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = tx.as_ref() {
+            *self.pending.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            if let Err(mpsc::SendError(dir)) = tx.send(dir) {
+                *self.pending.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                let _ = fs::remove_dir_all(dir);
+            }
+        } else {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+
+    /// Waits until every queued directory is gone (Cleanup must not race the thread).
+    pub(crate) fn drain(&self) {
+        let (n, cv) = &*self.pending;
+        let mut g = n.lock().unwrap_or_else(|e| e.into_inner());
+        while *g > 0 {
+            g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread once the queue is done.
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
 }

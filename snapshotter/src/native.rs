@@ -18,13 +18,14 @@ use tracing::warn;
 use crate::api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter, Usage};
 use crate::copy::copy_tree;
 use crate::error::{Error, ErrorKind, Result};
-use crate::fsutil::{disk_usage, io, is_live, temp_name};
+use crate::fsutil::{Reaper, disk_usage, io, is_live, temp_name};
 use crate::meta::{MetaStore, Snapshot};
 
 /// The native (copying) snapshotter.
 pub struct NativeSnapshotter {
     root: PathBuf,
     meta: MetaStore,
+    reaper: Reaper,
 }
 
 impl NativeSnapshotter {
@@ -38,6 +39,7 @@ impl NativeSnapshotter {
             .map_err(|e| io("create", &snaps, e))?;
         let meta = MetaStore::open(&root.join("metadata"))?;
         Ok(NativeSnapshotter {
+            reaper: Reaper::new(),
             root: root.to_owned(),
             meta,
         })
@@ -163,9 +165,11 @@ impl Snapshotter for NativeSnapshotter {
         let (id, _) = self.meta.remove(key)?;
         let dir = self.dir(id);
         let doomed = self.root.join("snapshots").join(format!("rm-{id}"));
-        // Rename first so a half-removed tree is never taken for a live snapshot.
-        if let Err(e) = fs::rename(&dir, &doomed).and_then(|()| fs::remove_dir_all(&doomed)) {
-            warn!(error = %e, id, "snapshot directory left for cleanup");
+        // Rename first so a half-removed tree is never taken for a live snapshot; the
+        // deletion itself happens off the request.
+        match fs::rename(&dir, &doomed) {
+            Ok(()) => self.reaper.reap(doomed),
+            Err(e) => warn!(error = %e, id, "snapshot directory left for cleanup"),
         }
         Ok(())
     }
@@ -177,6 +181,7 @@ impl Snapshotter for NativeSnapshotter {
 
 impl Cleanup for NativeSnapshotter {
     fn cleanup(&self) -> Result<()> {
+        self.reaper.drain();
         let ids = self.meta.ids()?;
         let snaps = self.root.join("snapshots");
         for entry in fs::read_dir(&snaps).map_err(|e| io("read directory", &snaps, e))? {
@@ -186,7 +191,13 @@ impl Cleanup for NativeSnapshotter {
             // (remove_dir_all does not follow symlinks): nothing a container can change
             // inside a snapshot is followed.
             if !is_live(&name, &ids) && entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                fs::remove_dir_all(entry.path()).map_err(|e| io("remove", &entry.path(), e))?;
+                match fs::remove_dir_all(entry.path()) {
+                    // A concurrent Remove's reaper may get there first.
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io("remove", &entry.path(), e));
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(())

@@ -20,7 +20,7 @@ use tracing::warn;
 use crate::api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Snapshotter, Usage};
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::fsutil::disk_usage;
-use crate::fsutil::{io, is_live, temp_name};
+use crate::fsutil::{Reaper, io, is_live, temp_name};
 use crate::meta::{MetaStore, Snapshot};
 
 /// Whether the running kernel's overlay module supports `index=off`.
@@ -42,6 +42,7 @@ pub struct OverlayOptions {
 pub struct OverlaySnapshotter {
     root: PathBuf,
     meta: MetaStore,
+    reaper: Reaper,
     opts: OverlayOptions,
 }
 
@@ -56,6 +57,7 @@ impl OverlaySnapshotter {
             .map_err(|e| io("create", &snaps, e))?;
         let meta = MetaStore::open(&root.join("metadata"))?;
         Ok(OverlaySnapshotter {
+            reaper: Reaper::new(),
             root: root.to_owned(),
             meta,
             opts,
@@ -194,9 +196,11 @@ impl Snapshotter for OverlaySnapshotter {
         let (id, _) = self.meta.remove(key)?;
         let dir = self.dir(id);
         let doomed = self.root.join("snapshots").join(format!("rm-{id}"));
-        // Rename first so a half-removed tree is never taken for a live snapshot.
-        if let Err(e) = fs::rename(&dir, &doomed).and_then(|()| fs::remove_dir_all(&doomed)) {
-            warn!(error = %e, id, "snapshot directory left for cleanup");
+        // Rename first so a half-removed tree is never taken for a live snapshot; the
+        // deletion itself happens off the request.
+        match fs::rename(&dir, &doomed) {
+            Ok(()) => self.reaper.reap(doomed),
+            Err(e) => warn!(error = %e, id, "snapshot directory left for cleanup"),
         }
         Ok(())
     }
@@ -218,6 +222,7 @@ impl Rebase for OverlaySnapshotter {
 
 impl Cleanup for OverlaySnapshotter {
     fn cleanup(&self) -> Result<()> {
+        self.reaper.drain();
         let ids = self.meta.ids()?;
         let snaps = self.root.join("snapshots");
         for entry in fs::read_dir(&snaps).map_err(|e| io("read directory", &snaps, e))? {
@@ -228,7 +233,13 @@ impl Cleanup for OverlaySnapshotter {
             // Only direct children of our own directory are removed, by their own path:
             // nothing inside a snapshot (which a container can change) is followed.
             if !live && entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                fs::remove_dir_all(entry.path()).map_err(|e| io("remove", &entry.path(), e))?;
+                match fs::remove_dir_all(entry.path()) {
+                    // A concurrent Remove's reaper may get there first.
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io("remove", &entry.path(), e));
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(())

@@ -132,6 +132,8 @@ fn layers_chain_views_are_read_only_and_removal_is_ordered() {
     for k in ["v", "v1", "top", "base"] {
         sn.remove(k).unwrap();
     }
+    // Directories are deleted in the background; Cleanup waits for that.
+    sn.cleanup().unwrap();
     let left: Vec<_> = std::fs::read_dir(dir.path().join("root/snapshots"))
         .unwrap()
         .collect();
