@@ -45,4 +45,7 @@ echo "== unpacked into strata's overlayfs snapshotter:"
 "$strata" --address "$sock" snapshots tree
 echo "== running a container on a strata snapshot:"
 ctr_run "$wd" "$image" strata-demo
+echo "== and strata's own puller, without containerd:"
+"$strata" --address "$sock" pull --plain-http "$image"
+"$strata" --address "$sock" images ls
 echo "== done. Stop everything with: $root/scripts/demo.sh stop $wd"
