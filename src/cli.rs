@@ -100,8 +100,8 @@ impl Client {
             .map_err(|s| rpc("garbage collect", &s))?
             .into_inner();
         println!(
-            "removed {} records, {} blobs, {} ingests, {} leases",
-            r.records, r.blobs, r.ingests, r.leases
+            "removed {} records, {} blobs, {} ingests, {} leases, {} snapshots",
+            r.records, r.blobs, r.ingests, r.leases, r.snapshots
         );
         Ok(())
     }

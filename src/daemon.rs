@@ -188,12 +188,15 @@ impl spb::admin_server::Admin for Admin {
         _: Request<()>,
     ) -> Result<Response<spb::GarbageCollectResponse>, Status> {
         let store = self.store.get("content store").await?;
-        let r = strata_proto::serve::blocking(move || store.garbage_collect()).await?;
+        let backends = self.snapshots.get("snapshotters").await?;
+        let (r, snapshots) =
+            strata_proto::serve::blocking(move || collect(&store, &backends)).await?;
         Ok(Response::new(spb::GarbageCollectResponse {
             records: r.records as u64,
             blobs: r.blobs as u64,
             ingests: r.ingests as u64,
             leases: r.leases as u64,
+            snapshots: snapshots as u64,
         }))
     }
 }
@@ -232,6 +235,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let failed = Arc::new(Notify::new());
     let gc_interval = opts.gc_interval;
     let (fatal2, failed2) = (fatal.clone(), failed.clone());
+    let gc_backends = snap_cell.clone();
     tokio::spawn(async move {
         // Snapshotters open first and are served at once: containerd's CRI plugin Stats
         // and Lists its snapshotter at start-up, and the content store's recovery (pending
@@ -250,7 +254,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 info!("content store ready");
                 setter.set(store.clone());
                 if let Some(every) = gc_interval {
-                    run_gc_loop(store, every).await;
+                    run_gc_loop(store, gc_backends, every).await;
                 }
             }
             Err(e) => {
@@ -340,13 +344,34 @@ fn open_backends(root: &Path, snaps: &SnapshotOptions) -> anyhow::Result<Backend
     })
 }
 
-async fn run_gc_loop(store: LocalStore, every: Duration) {
+/// One garbage collection: content first, then the snapshots strata's puller made that
+/// no image references.
+fn collect(
+    store: &LocalStore,
+    backends: &Backends,
+) -> Result<(strata_content::GcReport, usize), strata_puller::PullError> {
+    let r = store
+        .garbage_collect()
+        .map_err(|e| strata_puller::PullError::from_content("collect content", e))?;
+    let mut snapshots = 0;
+    let mut names: Vec<&String> = backends.by_name.keys().collect();
+    names.sort();
+    for name in names {
+        snapshots += strata_puller::pull::collect_snapshots(store, name, &*backends.by_name[name])?;
+    }
+    Ok((r, snapshots))
+}
+
+async fn run_gc_loop(store: LocalStore, backends: BackendsCell, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tick.tick().await;
         let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.garbage_collect()).await {
+        let Ok(b) = backends.get("snapshotters").await else {
+            continue;
+        };
+        match tokio::task::spawn_blocking(move || collect(&s, &b)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => warn!(error = ?e, "garbage collection failed"),
             Err(e) => warn!(error = %e, "garbage collection task failed"),

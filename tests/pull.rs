@@ -110,6 +110,15 @@ fn pull_unpacks_records_and_collects() {
     assert!(native.status.success(), "{}", stderr(&native));
     let ns = stdout(&d.cli(&["snapshots", "--snapshotter", "native", "ls"]));
     assert!(ns.contains(&chain), "{ns}");
+    let labels = stdout(&d.cli(&["images", "inspect", &image]));
+    assert!(
+        labels.contains("strata.io/snapshot.overlayfs")
+            && labels.contains("strata.io/snapshot.native"),
+        "{labels}"
+    );
+    // Referenced snapshots survive a GC.
+    assert!(d.cli(&["gc"]).status.success());
+    assert!(stdout(&d.cli(&["snapshots", "ls"])).contains(&chain));
     let no = stdout(&d.cli(&["-n", "other", "pull", "--plain-http", "--no-unpack", &image]));
     assert!(!no.contains("unpacked as"), "{no}");
 
@@ -140,4 +149,9 @@ fn pull_unpacks_records_and_collects() {
     assert!(!blobs.contains(layer.trim()), "{blobs}");
     let inspect = d.cli(&["images", "inspect", &image]);
     assert!(!inspect.status.success());
+    // ...and the snapshots it unpacked, in every backend; containerd's are not touched.
+    for sn in ["overlayfs", "native"] {
+        let left = stdout(&d.cli(&["snapshots", "--snapshotter", sn, "ls"]));
+        assert!(!left.contains(&chain), "{sn}: {left}");
+    }
 }

@@ -191,6 +191,18 @@ impl LocalStore {
         self.inner.meta.write(b)
     }
 
+    /// Every image of every namespace, as `(namespace, image)`.
+    pub fn all_images(&self) -> Result<Vec<(String, Image)>> {
+        let mut out = Vec::new();
+        for (k, v) in self.inner.meta.scan(b"i/")? {
+            let tail = String::from_utf8_lossy(&k[2..]).into_owned();
+            if let Some((ns, name)) = tail.split_once('/') {
+                out.push((ns.to_owned(), decode(name.to_owned(), &v)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Targets of every image, as `(namespace, digest)`: roots of the garbage collector.
     pub(crate) fn image_roots(&self) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();

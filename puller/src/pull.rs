@@ -121,6 +121,10 @@ impl From<registry::Error> for PullError {
     }
 }
 
+/// Image label naming the top chainID unpacked into a snapshotter
+/// (`strata.io/snapshot.<snapshotter>`): what keeps strata's snapshots from its GC.
+pub const SNAPSHOT_LABEL_PREFIX: &str = "strata.io/snapshot.";
+
 /// Applies a change to the pull's progress and reports it.
 type Report<'a> = dyn Fn(&dyn Fn(&mut Progress)) + Sync + 'a;
 
@@ -456,6 +460,7 @@ fn pull_leased(
         &Labels::new(),
         &|_| {},
     )?;
+    let mut top_chain = None;
     if let Some(to) = &req.unpack {
         report(&|p| p.stage = "unpacking");
         let layers: Vec<Layer> = m
@@ -479,7 +484,7 @@ fn pull_leased(
             labels: Labels::new(),
             owner: ns.as_str().to_owned(),
         };
-        let top_chain = unpacker.unpack(&layers, &|e| match e {
+        top_chain = unpacker.unpack(&layers, &|e| match e {
             UnpackEvent::Started { index } => report(&|p| p.layers[index].state = "unpacking"),
             UnpackEvent::Done {
                 index,
@@ -541,6 +546,17 @@ fn pull_leased(
         )?;
         label_blob(store, scope, &root.digest, &il)?;
     }
+    // Labels of an earlier pull (say, into another snapshotter) are kept.
+    let mut labels = store
+        .get_image(ns, &reference.to_string())
+        .map(|i| i.labels)
+        .unwrap_or_default();
+    if let (Some(to), Some(chain)) = (&req.unpack, top_chain) {
+        labels.insert(
+            format!("{SNAPSHOT_LABEL_PREFIX}{}", to.name),
+            chain.to_string(),
+        );
+    }
     let image = Image {
         name: reference.to_string(),
         target: ImageTarget {
@@ -548,7 +564,7 @@ fn pull_leased(
             digest: root.digest.clone(),
             size: root.size,
         },
-        labels: Labels::new(),
+        labels,
         created_at: std::time::SystemTime::now(),
         updated_at: std::time::SystemTime::now(),
     };
@@ -556,4 +572,76 @@ fn pull_leased(
         .put_image(ns, &image)
         .map_err(|e| PullError::from_content("record image", e))?;
     Ok(())
+}
+
+/// Removes committed snapshots strata's puller made ([`crate::unpack::OWNER_LABEL`]) in
+/// `name`'s backend that no image references (through its `strata.io/snapshot.<name>`
+/// label, and the chain below it), leaf first. Snapshots containerd or other clients
+/// made are never touched. Returns how many were removed.
+pub fn collect_snapshots(
+    store: &LocalStore,
+    name: &str,
+    sn: &dyn Snapshotter,
+) -> PullResult<usize> {
+    use std::collections::{HashMap, HashSet};
+    let key = format!("{SNAPSHOT_LABEL_PREFIX}{name}");
+    let mut keep: HashSet<String> = HashSet::new();
+    let mut owned: HashMap<String, Option<String>> = HashMap::new();
+    let mut parents: HashMap<String, Option<String>> = HashMap::new();
+    sn.walk(&[], &mut |i| {
+        parents.insert(i.name.clone(), i.parent.clone());
+        if i.kind == strata_snapshotter::Kind::Committed
+            && i.labels.contains_key(crate::unpack::OWNER_LABEL)
+        {
+            owned.insert(i.name, i.parent);
+        }
+        Ok(())
+    })
+    .map_err(|e| PullError::from_snapshot("list snapshots", e))?;
+    let images = store
+        .all_images()
+        .map_err(|e| PullError::from_content("list images", e))?;
+    for (_, image) in images {
+        let mut next = image.labels.get(&key).cloned();
+        while let Some(n) = next {
+            if !keep.insert(n.clone()) {
+                break;
+            }
+            next = parents.get(&n).cloned().flatten();
+        }
+    }
+    // Anything else uses a snapshot as parent: keep the chain below it too.
+    for (child, parent) in &parents {
+        if owned.contains_key(child) {
+            continue;
+        }
+        let mut next = parent.clone();
+        while let Some(n) = next {
+            if !keep.insert(n.clone()) {
+                break;
+            }
+            next = parents.get(&n).cloned().flatten();
+        }
+    }
+    let mut doomed: Vec<String> = owned
+        .keys()
+        .filter(|n| !keep.contains(*n))
+        .cloned()
+        .collect();
+    let mut removed = 0;
+    // Leaf first: a snapshot with children is retried after they are gone.
+    loop {
+        let before = doomed.len();
+        doomed.retain(|n| match sn.remove(n) {
+            Ok(()) => {
+                removed += 1;
+                false
+            }
+            Err(_) => true,
+        });
+        if doomed.is_empty() || doomed.len() == before {
+            break;
+        }
+    }
+    Ok(removed)
 }
