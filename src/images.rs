@@ -1,4 +1,5 @@
-//! `strata pull` and `strata images ...`.
+//! `strata pull` (progress bars on a terminal, one line per layer state otherwise) and
+//! `strata images ...`.
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -35,8 +36,13 @@ pub(crate) struct PullArgs {
 
 impl PullArgs {
     pub(crate) async fn run(self, c: &Client) -> anyhow::Result<()> {
+        use std::io::IsTerminal as _;
+        let multi = std::io::stdout()
+            .is_terminal()
+            .then(indicatif::MultiProgress::new);
         let mut tasks = Vec::new();
         for r in &self.refs {
+            let multi = multi.clone();
             let req = pb::PullRequest {
                 reference: r.clone(),
                 plain_http: self.plain_http,
@@ -57,12 +63,29 @@ impl PullArgs {
                     .into_inner();
                 let mut last_states: Vec<String> = Vec::new();
                 let mut last: Option<pb::PullProgress> = None;
+                let mut bars: Vec<indicatif::ProgressBar> = Vec::new();
                 while let Some(p) = stream
                     .message()
                     .await
                     .map_err(|s| rpc(&format!("pull {r}"), &s))?
                 {
-                    // Plain lines: one per layer state change.
+                    // On a terminal: a bar per layer.
+                    if let Some(multi) = &multi {
+                        while bars.len() < p.layers.len() {
+                            let l = &p.layers[bars.len()];
+                            let b = multi.add(indicatif::ProgressBar::new(l.size.max(0) as u64));
+                            b.set_style(bar_style());
+                            b.set_prefix(format!("{} {}", p.name, short(&l.digest)));
+                            bars.push(b);
+                        }
+                        for (b, l) in bars.iter().zip(&p.layers) {
+                            b.set_position(l.fetched.max(0) as u64);
+                            b.set_message(l.state.clone());
+                        }
+                        last = Some(p);
+                        continue;
+                    }
+                    // Otherwise plain lines: one per layer state change.
                     for l in &p.layers {
                         let line = format!(
                             "{}: layer {} {} {}/{}",
@@ -82,6 +105,9 @@ impl PullArgs {
                         }
                     }
                     last = Some(p);
+                }
+                for b in &bars {
+                    b.finish();
                 }
                 let Some(p) = last else {
                     bail!("pull {r}: the daemon sent no progress");
@@ -115,6 +141,12 @@ impl PullArgs {
         }
         Ok(())
     }
+}
+
+fn bar_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ")
 }
 
 fn short(d: &str) -> &str {

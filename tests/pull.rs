@@ -105,6 +105,28 @@ fn pull_unpacks_records_and_collects() {
     );
     assert!(!again.contains("downloading"), "{again}");
 
+    // On a terminal, progress is drawn as bars (run under a pty with script(1)).
+    let tty = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} --address {} pull --plain-http {image}",
+            common::BIN,
+            d.sock.display()
+        ))
+        .arg("/dev/null")
+        .output()
+        .unwrap();
+    assert!(tty.status.success(), "{}", stderr(&tty));
+    let drawn = stdout(&tty);
+    assert!(
+        drawn.contains("] ") && drawn.contains("/strata/pull:1"),
+        "{drawn}"
+    );
+    assert!(
+        !drawn.contains(": layer "),
+        "plain lines on a terminal: {drawn}"
+    );
+
     // Another backend, and fetch-only.
     let native = d.cli(&["pull", "--plain-http", "--snapshotter", "native", &image]);
     assert!(native.status.success(), "{}", stderr(&native));
