@@ -164,6 +164,43 @@ fn pull_unpacks_records_and_collects() {
     }
     assert_eq!(stdout(&d.cli(&["images", "ls", "-q"])).trim(), image);
 
+    // An extraction snapshot an earlier daemon left behind is collected; one without
+    // strata's label (another client's), or the live daemon's own, is not.
+    for key in [
+        "strata/extract/1-0-0/sha256:x",
+        "strata/extract/2-0-0/sha256:y",
+    ] {
+        let mut args = vec!["snapshots", "prepare", key];
+        if key.contains(":x") {
+            args.extend(["--label", "strata.io/owner=default"]);
+        }
+        assert!(d.cli(&args).status.success());
+    }
+    let live = format!(
+        "strata/extract/{}-0-0/sha256:z",
+        d.child.as_ref().unwrap().id()
+    );
+    assert!(
+        d.cli(&[
+            "snapshots",
+            "prepare",
+            "--label",
+            "strata.io/owner=default",
+            &live
+        ])
+        .status
+        .success()
+    );
+    assert!(d.cli(&["gc"]).status.success());
+    let left = stdout(&d.cli(&["snapshots", "ls"]));
+    assert!(!left.contains("sha256:x"), "{left}");
+    assert!(left.contains("sha256:y") && left.contains(&live), "{left}");
+    assert!(
+        d.cli(&["snapshots", "rm", "strata/extract/2-0-0/sha256:y", &live])
+            .status
+            .success()
+    );
+
     // Removing the image lets the GC collect its blobs.
     assert!(d.cli(&["images", "rm", &image]).status.success());
     assert!(d.cli(&["gc"]).status.success());

@@ -576,7 +576,8 @@ fn pull_leased(
 
 /// Removes committed snapshots strata's puller made ([`crate::unpack::OWNER_LABEL`]) in
 /// `name`'s backend that no image references (through its `strata.io/snapshot.<name>`
-/// label, and the chain below it), leaf first. Snapshots containerd or other clients
+/// label, and the chain below it), leaf first, and extraction snapshots an earlier
+/// daemon left behind. Snapshots containerd or other clients
 /// made are never touched. Returns how many were removed.
 pub fn collect_snapshots(
     store: &LocalStore,
@@ -588,7 +589,16 @@ pub fn collect_snapshots(
     let mut keep: HashSet<String> = HashSet::new();
     let mut owned: HashMap<String, Option<String>> = HashMap::new();
     let mut parents: HashMap<String, Option<String>> = HashMap::new();
+    // Extraction snapshots of an earlier daemon (killed mid-unpack): their key carries
+    // the pid of the process that made them.
+    let mut stale_extractions = Vec::new();
     sn.walk(&[], &mut |i| {
+        if i.kind == strata_snapshotter::Kind::Active
+            && i.labels.contains_key(crate::unpack::OWNER_LABEL)
+            && crate::unpack::extraction_pid(&i.name).is_some_and(|p| p != std::process::id())
+        {
+            stale_extractions.push(i.name.clone());
+        }
         parents.insert(i.name.clone(), i.parent.clone());
         if i.kind == strata_snapshotter::Kind::Committed
             && i.labels.contains_key(crate::unpack::OWNER_LABEL)
@@ -628,6 +638,7 @@ pub fn collect_snapshots(
         .filter(|n| !keep.contains(*n))
         .cloned()
         .collect();
+    doomed.extend(stale_extractions);
     let mut removed = 0;
     // Leaf first: a snapshot with children is retried after they are gone.
     loop {

@@ -121,6 +121,18 @@ impl Drop for Active<'_> {
 /// An extracted, not yet committed layer and its uncompressed size.
 type Extracted<'a> = PullResult<(Active<'a>, u64)>;
 
+/// Prefix of the keys of extraction snapshots: `strata/extract/<pid>-<time>-<n>/<chainID>`.
+pub const EXTRACT_PREFIX: &str = "strata/extract/";
+
+/// The pid of the process that made the extraction snapshot `key`, if it is one.
+pub fn extraction_pid(key: &str) -> Option<u32> {
+    key.strip_prefix(EXTRACT_PREFIX)?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn unique() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -210,7 +222,7 @@ impl Unpacker<'_> {
         chain: &Digest,
         parent: Option<&str>,
     ) -> Extracted<'_> {
-        let key = format!("strata/extract/{}/{chain}", unique());
+        let key = format!("{EXTRACT_PREFIX}{}/{chain}", unique());
         let mut labels = Labels::new();
         labels.insert(OWNER_LABEL.into(), self.owner.clone());
         let mounts = self
@@ -404,6 +416,14 @@ impl Unpacker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extraction_keys_carry_their_pid() {
+        let k = format!("{EXTRACT_PREFIX}{}/sha256:x", unique());
+        assert_eq!(extraction_pid(&k), Some(std::process::id()));
+        assert_eq!(extraction_pid("default/1/extract-1 sha256:x"), None);
+        assert_eq!(extraction_pid("strata/extract/x-1/y"), None);
+    }
 
     #[test]
     fn chain_ids_follow_the_image_spec() {
