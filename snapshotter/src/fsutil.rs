@@ -115,6 +115,43 @@ impl Reaper {
         }
     }
 
+    /// Takes snapshot `id`'s directory out of `snaps` for deletion: renamed to `rm-<id>`
+    /// first, so a half-removed tree is never taken for a live snapshot, then deleted off
+    /// the request.
+    pub(crate) fn retire(&self, snaps: &Path, id: u64) {
+        let doomed = snaps.join(format!("rm-{id}"));
+        match fs::rename(snaps.join(id.to_string()), &doomed) {
+            Ok(()) => self.reap(doomed),
+            Err(e) => tracing::warn!(error = %e, id, "snapshot directory left for cleanup"),
+        }
+    }
+
+    /// Cleanup of a directory-per-snapshot backend: after the queue drains, removes every
+    /// directory under `snaps` that is not live (see [`is_live`]). Only direct children
+    /// are removed, by their own path (`remove_dir_all` does not follow symlinks), so
+    /// nothing a container can change inside a snapshot is followed.
+    pub(crate) fn cleanup(
+        &self,
+        snaps: &Path,
+        ids: &std::collections::HashMap<u64, String>,
+    ) -> Result<()> {
+        self.drain();
+        for entry in fs::read_dir(snaps).map_err(|e| io("read directory", snaps, e))? {
+            let entry = entry.map_err(|e| io("read directory", snaps, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !is_live(&name, ids) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                match fs::remove_dir_all(entry.path()) {
+                    // A concurrent Remove's reaper may get there first.
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io("remove", &entry.path(), e));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until every queued directory is gone (Cleanup must not race the thread).
     pub(crate) fn drain(&self) {
         let (n, cv) = &*self.pending;

@@ -15,12 +15,10 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use tracing::warn;
-
 use crate::api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Snapshotter, Usage};
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::fsutil::disk_usage;
-use crate::fsutil::{Reaper, io, is_live, temp_name};
+use crate::fsutil::{Reaper, io, temp_name};
 use crate::meta::{MetaStore, Snapshot};
 
 /// Whether the running kernel's overlay module supports `index=off`.
@@ -194,14 +192,7 @@ impl Snapshotter for OverlaySnapshotter {
 
     fn remove(&self, key: &str) -> Result<()> {
         let (id, _) = self.meta.remove(key)?;
-        let dir = self.dir(id);
-        let doomed = self.root.join("snapshots").join(format!("rm-{id}"));
-        // Rename first so a half-removed tree is never taken for a live snapshot; the
-        // deletion itself happens off the request.
-        match fs::rename(&dir, &doomed) {
-            Ok(()) => self.reaper.reap(doomed),
-            Err(e) => warn!(error = %e, id, "snapshot directory left for cleanup"),
-        }
+        self.reaper.retire(&self.root.join("snapshots"), id);
         Ok(())
     }
 
@@ -222,26 +213,7 @@ impl Rebase for OverlaySnapshotter {
 
 impl Cleanup for OverlaySnapshotter {
     fn cleanup(&self) -> Result<()> {
-        self.reaper.drain();
-        let ids = self.meta.ids()?;
-        let snaps = self.root.join("snapshots");
-        for entry in fs::read_dir(&snaps).map_err(|e| io("read directory", &snaps, e))? {
-            let entry = entry.map_err(|e| io("read directory", &snaps, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            // Temp dirs of this process belong to creations in flight.
-            let live = is_live(&name, &ids);
-            // Only direct children of our own directory are removed, by their own path:
-            // nothing inside a snapshot (which a container can change) is followed.
-            if !live && entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                match fs::remove_dir_all(entry.path()) {
-                    // A concurrent Remove's reaper may get there first.
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(io("remove", &entry.path(), e));
-                    }
-                    _ => {}
-                }
-            }
-        }
-        Ok(())
+        self.reaper
+            .cleanup(&self.root.join("snapshots"), &self.meta.ids()?)
     }
 }
