@@ -12,6 +12,10 @@
 //! [snapshots]
 //! default = "overlayfs"          # backend for unknown or empty snapshotter names
 //! btrfs_root = "/mnt/btrfs/strata"  # a directory on btrfs; enables the btrfs backend
+//!
+//! [registry]
+//! hosts_dir = "/etc/containerd/certs.d"     # containerd-style <host>/hosts.toml files
+//! docker_config = "/root/.docker/config.json"  # default: $DOCKER_CONFIG or ~/.docker
 //! ```
 //!
 //! overlayfs and native always live under `<root>/snapshots/`; btrfs is served when
@@ -41,6 +45,19 @@ pub(crate) struct Config {
     /// Snapshotter settings.
     #[serde(default)]
     pub(crate) snapshots: SnapshotsConfig,
+    /// Registry settings for pulls.
+    #[serde(default)]
+    pub(crate) registry: RegistryConfig,
+}
+
+/// `[registry]` settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegistryConfig {
+    /// Directory of per-registry `hosts.toml` files (containerd's layout).
+    pub(crate) hosts_dir: Option<PathBuf>,
+    /// Docker `config.json` holding registry credentials.
+    pub(crate) docker_config: Option<PathBuf>,
 }
 
 /// `[snapshots]` settings.
@@ -138,6 +155,15 @@ mod tests {
         assert_eq!(c.snapshots.default, "native");
         assert_eq!(c.snapshots.btrfs_root.as_deref(), Some(Path::new("/b")));
         assert!(toml::from_str::<Config>("[snapshots]\nbogus = 1").is_err());
+        let c: Config =
+            toml::from_str("[registry]\nhosts_dir = \"/h\"\ndocker_config = \"/d.json\"\n")
+                .unwrap();
+        assert_eq!(c.registry.hosts_dir.as_deref(), Some(Path::new("/h")));
+        assert_eq!(
+            c.registry.docker_config.as_deref(),
+            Some(Path::new("/d.json"))
+        );
+        assert!(toml::from_str::<Config>("[registry]\nmirrors = []").is_err());
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
         assert!(toml::from_str::<Config>("[content]\ngc_interval_secs = -1").is_err());
         assert!(toml::from_str::<Config>("root = [").is_err());

@@ -16,6 +16,7 @@ use anyhow::{Context as _, bail};
 use strata_content::service::{ContentService, LeasesService, StoreCell};
 use strata_content::{LocalStore, SharingPolicy, StoreOptions};
 use strata_proto::strata::v1 as spb;
+use strata_puller::service::{ImagesService, RegistrySettings};
 use strata_snapshotter::overlay::kernel_supports_index;
 use strata_snapshotter::service::{Backends, BackendsCell, SnapshotsService};
 use strata_snapshotter::{
@@ -44,6 +45,8 @@ pub(crate) struct ServeOptions {
     pub(crate) gc_interval: Option<Duration>,
     /// Snapshotter settings.
     pub(crate) snapshots: SnapshotOptions,
+    /// Registry settings for pulls.
+    pub(crate) registry: RegistrySettings,
 }
 
 /// Which snapshotter backends to open.
@@ -98,6 +101,14 @@ impl ServeOptions {
                     default,
                     btrfs_root: cfg.snapshots.btrfs_root,
                 }
+            },
+            registry: {
+                let mut r = RegistrySettings::default();
+                if let Some(dir) = cfg.registry.hosts_dir {
+                    r.hosts_dir = dir;
+                }
+                r.docker_config = cfg.registry.docker_config;
+                r
             },
         })
     }
@@ -274,7 +285,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .add_service(LeasesService::new(cell.clone()).into_server())
         .add_service(SnapshotsService::new(snap_cell.clone()).into_server())
         .add_service(
-            strata_puller::service::ImagesService::new(cell.clone(), snap_cell).into_server(),
+            ImagesService::new(cell.clone(), snap_cell, opts.registry.clone()).into_server(),
         )
         .add_service(spb::admin_server::AdminServer::new(admin))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {

@@ -1,6 +1,7 @@
 //! `strata.v1.Images`: pulls with a progress stream, and the image records, over gRPC.
 //! Requests are scoped by the `containerd-namespace` header (`default` without one).
 
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::SystemTime;
 
@@ -25,17 +26,41 @@ use crate::registry::{
 /// Where containerd keeps per-registry `hosts.toml` files; strata reads the same.
 pub const DEFAULT_HOSTS_DIR: &str = "/etc/containerd/certs.d";
 
+/// Where the daemon finds registry settings.
+#[derive(Clone, Debug)]
+pub struct RegistrySettings {
+    /// containerd-style `hosts.toml` directory; skipped when it does not exist.
+    pub hosts_dir: PathBuf,
+    /// A Docker `config.json` with credentials; `None` = `$DOCKER_CONFIG` or
+    /// `~/.docker/config.json` of the daemon.
+    pub docker_config: Option<PathBuf>,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            hosts_dir: PathBuf::from(DEFAULT_HOSTS_DIR),
+            docker_config: None,
+        }
+    }
+}
+
 /// The Images service.
 #[derive(Clone)]
 pub struct ImagesService {
     store: StoreCell,
     backends: BackendsCell,
+    registry: RegistrySettings,
 }
 
 impl ImagesService {
     /// Serves images of `store`, unpacking into `backends`.
-    pub fn new(store: StoreCell, backends: BackendsCell) -> Self {
-        ImagesService { store, backends }
+    pub fn new(store: StoreCell, backends: BackendsCell, registry: RegistrySettings) -> Self {
+        ImagesService {
+            store,
+            backends,
+            registry,
+        }
     }
 
     /// The tonic server for this service.
@@ -124,14 +149,22 @@ impl pb::images_server::Images for ImagesService {
         };
         let store = self.store.get("content store").await?;
         let backends = self.backends.get("snapshotters").await?;
-        let hosts_dir = std::path::Path::new(DEFAULT_HOSTS_DIR);
+        let settings = &self.registry;
+        // Read per pull, so `docker login` and hosts.toml edits apply without a restart.
+        let docker_config = match &settings.docker_config {
+            Some(path) => DockerConfig::load(path).map_err(|e| status_from_error(&e))?,
+            None => DockerConfig::load_default().unwrap_or_default(),
+        };
         let client = RegistryClient::new(ClientOptions {
             hosts: HostOptions {
-                hosts_dir: hosts_dir.is_dir().then(|| hosts_dir.to_owned()),
+                hosts_dir: settings
+                    .hosts_dir
+                    .is_dir()
+                    .then(|| settings.hosts_dir.clone()),
                 plain_http: r.plain_http,
             },
             user,
-            docker_config: DockerConfig::load_default().unwrap_or_default(),
+            docker_config,
             ..ClientOptions::default()
         });
         let rt = tokio::runtime::Handle::current();
