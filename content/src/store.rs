@@ -232,6 +232,15 @@ impl LocalStore {
         self.inner.blob_path(digest)
     }
 
+    /// Path of the data file of ingest `ref` in `scope` (it may not exist). A reader may
+    /// follow what a writer has written so far, up to the writer's reported offset: the
+    /// puller extracts a layer while it downloads. Writes land with `pwrite` directly,
+    /// never buffered, and the file is only ever truncated to 0 by the writer itself.
+    pub fn ingest_data_path(&self, scope: &Scope, r: &str) -> Result<PathBuf> {
+        validate_ref(r)?;
+        Ok(self.inner.ingest_dir(ns_str(scope), r).join("data"))
+    }
+
     /// Options the store was opened with.
     pub fn options(&self) -> &StoreOptions {
         &self.inner.opts

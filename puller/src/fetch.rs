@@ -6,7 +6,11 @@
 //! held (`Unavailable`), waits, and then finds the blob committed (`AlreadyExists`). The
 //! content store verifies size and digest at commit; nothing unverified becomes a blob.
 
+use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use strata_content::{
@@ -54,8 +58,146 @@ pub fn ingest_ref(digest: &Digest) -> String {
     format!("fetch-{digest}")
 }
 
+/// Lets a reader consume a blob while [`fetch_blob`] downloads it, so a layer extracts
+/// behind its download rather than after it. The reader reads the ingest file back (from
+/// the page cache): a slow reader never holds the download back, and nothing is buffered
+/// in memory. The reader sees end of file only once the blob is committed and verified.
+#[derive(Default)]
+pub struct Follow {
+    state: Mutex<FollowState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+enum FollowState {
+    /// The fetch has not opened its ingest yet.
+    #[default]
+    Pending,
+    /// `written` bytes of the ingest file are in place.
+    Growing { file: Arc<File>, written: u64 },
+    /// Committed and verified: the rest is in the store's blob at `blob`.
+    Done { blob: PathBuf },
+    /// The fetch failed (or never ran); the message says why.
+    Failed(String),
+}
+
+impl Follow {
+    fn set(&self, s: FollowState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s;
+        self.cv.notify_all();
+    }
+
+    fn advance(&self, to: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let FollowState::Growing { written, .. } = &mut *st {
+            *written = to;
+            self.cv.notify_all();
+        }
+    }
+
+    /// Marks the fetch failed unless it finished: readers get an error instead of
+    /// waiting forever (say, for a layer never fetched because another failed).
+    pub fn abandon(&self, why: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*st, FollowState::Pending | FollowState::Growing { .. }) {
+            *st = FollowState::Failed(why.to_owned());
+            self.cv.notify_all();
+        }
+    }
+
+    /// Waits until the blob is committed and verified, or its fetch failed.
+    pub fn wait_verified(&self) -> Result<(), String> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match &*st {
+                FollowState::Done { .. } => return Ok(()),
+                FollowState::Failed(why) => return Err(why.clone()),
+                _ => st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+
+    /// A reader of the blob from its first byte.
+    pub fn reader(&self) -> FollowReader<'_> {
+        FollowReader {
+            follow: self,
+            pos: 0,
+            blob: None,
+        }
+    }
+}
+
+/// Reads a [`Follow`]ed blob as it arrives.
+pub struct FollowReader<'a> {
+    follow: &'a Follow,
+    pos: u64,
+    blob: Option<File>,
+}
+
+impl Read for FollowReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if let Some(b) = &self.blob {
+                let n = b.read_at(buf, self.pos)?;
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            let f = &self.follow;
+            let st = f.state.lock().unwrap_or_else(|e| e.into_inner());
+            match &*st {
+                FollowState::Growing { file, written } if *written > self.pos => {
+                    let (file, n) = (file.clone(), (*written - self.pos).min(buf.len() as u64));
+                    drop(st);
+                    let n = file.read_at(&mut buf[..n as usize], self.pos)?;
+                    if n == 0 {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "ingest file shorter than its writer reported",
+                        ));
+                    }
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                FollowState::Done { blob } => {
+                    // The store's blob is what was verified: read the rest from it.
+                    self.blob = Some(File::open(blob)?);
+                }
+                FollowState::Failed(why) => return Err(std::io::Error::other(why.clone())),
+                FollowState::Pending | FollowState::Growing { .. } => {
+                    drop(f.cv.wait(st).unwrap_or_else(|e| e.into_inner()));
+                }
+            }
+        }
+    }
+}
+
+/// Signals a [`Follow`] when a fetch ends: done on success, failed on any error path.
+struct FollowGuard<'a> {
+    follow: Option<&'a Follow>,
+    blob: PathBuf,
+    ok: bool,
+}
+
+impl Drop for FollowGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.follow {
+            if self.ok {
+                f.set(FollowState::Done {
+                    blob: std::mem::take(&mut self.blob),
+                });
+            } else {
+                f.abandon("the blob's download failed");
+            }
+        }
+    }
+}
+
 /// Downloads `blob` from `src` into `store` (committed with `labels`), calling `progress`
-/// with the bytes stored so far.
+/// with the bytes stored so far. `follow`, when given, lets a reader consume the blob as
+/// it arrives.
 pub fn fetch_blob(
     store: &LocalStore,
     scope: &Scope,
@@ -63,11 +205,18 @@ pub fn fetch_blob(
     src: &dyn BlobSource,
     labels: &Labels,
     progress: &dyn Fn(u64),
+    follow: Option<&Follow>,
 ) -> PullResult<Fetched> {
+    let mut guard = FollowGuard {
+        follow,
+        blob: store.blob_path(&blob.digest),
+        ok: false,
+    };
     let deadline = Instant::now() + MAX_WAIT;
+    let r#ref = ingest_ref(&blob.digest);
     let mut w = loop {
         let opts = WriterOptions {
-            r#ref: ingest_ref(&blob.digest),
+            r#ref: r#ref.clone(),
             total: blob.size,
             expected: Some(blob.digest.clone()),
         };
@@ -75,6 +224,7 @@ pub fn fetch_blob(
             Ok(w) => break w,
             Err(e) if e.kind() == ContentKind::AlreadyExists => {
                 progress(blob.size);
+                guard.ok = true;
                 return Ok(Fetched::Exists);
             }
             Err(e) if e.kind() == ContentKind::Unavailable && Instant::now() < deadline => {
@@ -91,6 +241,19 @@ pub fn fetch_blob(
         w.truncate(0)
             .map_err(|e| PullError::from_content("reset oversized ingest", e))?;
         offset = 0;
+    }
+    if let Some(f) = follow
+        && offset < blob.size
+        && let Ok(file) = File::open(
+            store
+                .ingest_data_path(scope, &r#ref)
+                .map_err(|e| PullError::from_content("ingest path", e))?,
+        )
+    {
+        f.set(FollowState::Growing {
+            file: Arc::new(file),
+            written: offset,
+        });
     }
     progress(offset);
     let mut buf = vec![0u8; 1 << 20];
@@ -118,6 +281,9 @@ pub fn fetch_blob(
                     w.write(&buf[..n])
                         .map_err(|e| PullError::from_content("write ingest", e))?;
                     offset += n as u64;
+                    if let Some(f) = follow {
+                        f.advance(offset);
+                    }
                     progress(offset);
                     if offset == blob.size {
                         break None;
@@ -142,8 +308,14 @@ pub fn fetch_blob(
     // A longer body than the descriptor says is never read past `size`; a different one
     // fails the digest check here and the ingest restarts on the next pull.
     match w.commit(blob.size, Some(&blob.digest), labels.clone()) {
-        Ok(_) => Ok(Fetched::Downloaded),
-        Err(e) if e.kind() == ContentKind::AlreadyExists => Ok(Fetched::Exists),
+        Ok(_) => {
+            guard.ok = true;
+            Ok(Fetched::Downloaded)
+        }
+        Err(e) if e.kind() == ContentKind::AlreadyExists => {
+            guard.ok = true;
+            Ok(Fetched::Exists)
+        }
         Err(e) => {
             if e.kind() == ContentKind::FailedPrecondition {
                 // The bytes do not match: start over next time rather than resume them.

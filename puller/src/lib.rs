@@ -34,6 +34,7 @@ mod error;
 pub mod fetch;
 mod limits;
 pub mod pull;
+mod readahead;
 pub mod registry;
 pub mod service;
 pub mod unpack;

@@ -110,9 +110,9 @@ use strata_proto::Digest;
 use strata_snapshotter::{Rebase, Snapshotter};
 use tokio::runtime::Handle;
 
-use crate::fetch::{Blob, BlobSource, Fetched, fetch_blob};
+use crate::fetch::{Blob, BlobSource, Fetched, Follow, fetch_blob};
 use crate::registry::{self, Descriptor, Platform, Reference, RegistryClient};
-use crate::unpack::{Layer, UnpackEvent, Unpacker};
+use crate::unpack::{Layer, LayerSource, UnpackEvent, Unpacker};
 use crate::{Limits, WhiteoutMode};
 
 impl From<registry::Error> for PullError {
@@ -381,25 +381,38 @@ pub(crate) fn rfc3339_in(d: std::time::Duration) -> String {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn pull_leased(
-    rt: &Handle,
-    client: &RegistryClient,
+/// Layer blobs read as they download.
+struct FollowSource<'a> {
+    follows: &'a [Follow],
+}
+
+impl LayerSource for FollowSource<'_> {
+    fn open(&self, i: usize, _: &Layer) -> PullResult<Box<dyn Read + Send + '_>> {
+        Ok(Box::new(self.follows[i].reader()))
+    }
+
+    fn verified(&self, i: usize, layer: &Layer) -> PullResult<()> {
+        self.follows[i].wait_verified().map_err(|why| {
+            PullError::new(
+                ErrorKind::Unavailable,
+                format!("layer {i} ({}): {why}", layer.digest),
+            )
+        })
+    }
+}
+
+/// Fetches the manifest's layers, `req.concurrency` at once; the first error stops the
+/// others from starting.
+fn fetch_layers(
     store: &LocalStore,
     scope: &Scope,
-    ns: &Namespace,
-    reference: &Reference,
     resolved: &registry::ResolvedImage,
+    src: &dyn BlobSource,
     req: &PullRequest<'_>,
     report: &Report<'_>,
+    follows: &[Follow],
 ) -> PullResult<()> {
     let m = &resolved.manifest;
-    let src = RegistrySource {
-        rt: rt.clone(),
-        client,
-        reference: &resolved.reference,
-    };
-    // Layers, several at once.
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<PullError>> = Mutex::new(None);
     std::thread::scope(|s| {
@@ -419,18 +432,31 @@ fn pull_leased(
                         "containerd.io/uncompressed".into(),
                         resolved.config.rootfs.diff_ids[i].to_string(),
                     );
-                    report(&|p| p.layers[i].state = "downloading");
-                    let r = fetch_blob(store, scope, &blob_of(l), &src, &labels, &|n| {
-                        report(&|p| p.layers[i].fetched = n)
+                    report(&|p| {
+                        if p.layers[i].state == "waiting" {
+                            p.layers[i].state = "downloading";
+                        }
                     });
+                    let r = fetch_blob(
+                        store,
+                        scope,
+                        &blob_of(l),
+                        src,
+                        &labels,
+                        &|n| report(&|p| p.layers[i].fetched = n),
+                        Some(&follows[i]),
+                    );
                     match r {
                         Ok(f) => report(&|p| {
                             p.layers[i].fetched = l.size;
-                            p.layers[i].state = if f == Fetched::Exists {
-                                "exists"
-                            } else {
-                                "downloaded"
-                            };
+                            // An extraction running behind the download keeps its state.
+                            if p.layers[i].state == "downloading" {
+                                p.layers[i].state = if f == Fetched::Exists {
+                                    "exists"
+                                } else {
+                                    "downloaded"
+                                };
+                            }
                         }),
                         Err(e) => {
                             let e =
@@ -446,11 +472,97 @@ fn pull_leased(
             });
         }
     });
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(e);
+    match first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
+}
 
-    // The config, then unpack, then the documents that reference them.
+#[allow(clippy::too_many_arguments)]
+fn pull_leased(
+    rt: &Handle,
+    client: &RegistryClient,
+    store: &LocalStore,
+    scope: &Scope,
+    ns: &Namespace,
+    reference: &Reference,
+    resolved: &registry::ResolvedImage,
+    req: &PullRequest<'_>,
+    report: &Report<'_>,
+) -> PullResult<()> {
+    let m = &resolved.manifest;
+    let src = RegistrySource {
+        rt: rt.clone(),
+        client,
+        reference: &resolved.reference,
+    };
+    let layers: Vec<Layer> = m
+        .layers
+        .iter()
+        .zip(&resolved.config.rootfs.diff_ids)
+        .map(|(l, d)| Layer {
+            media_type: l.media_type.clone(),
+            digest: l.digest.clone(),
+            diff_id: d.clone(),
+        })
+        .collect();
+    let unpacker = req.unpack.as_ref().map(|to| Unpacker {
+        store,
+        scope,
+        snapshotter: to.snapshotter,
+        rebase: to.rebase,
+        whiteouts: to.whiteouts,
+        limits: Limits::default(),
+        concurrency: req.concurrency.max(1),
+        labels: Labels::new(),
+        owner: ns.as_str().to_owned(),
+    });
+    // Each layer extracts while it downloads (from the ingest file, see `Follow`) and is
+    // committed only once its blob is verified.
+    let follows: Vec<Follow> = m.layers.iter().map(|_| Follow::default()).collect();
+    let source = FollowSource { follows: &follows };
+    let (fetched, unpacked) = std::thread::scope(|s| {
+        let unpacking = unpacker.as_ref().map(|u| {
+            let (source, layers) = (&source, &layers);
+            s.spawn(move || {
+                u.unpack_from(source, layers, &|e| match e {
+                    UnpackEvent::Started { index } => {
+                        report(&|p| p.layers[index].state = "unpacking");
+                    }
+                    UnpackEvent::Done {
+                        index,
+                        bytes,
+                        skipped,
+                        ..
+                    } => report(&|p| {
+                        p.layers[index].unpacked = bytes;
+                        p.layers[index].state = if skipped { "skipped" } else { "unpacked" };
+                    }),
+                })
+            })
+        });
+        let fetched = fetch_layers(store, scope, resolved, &src, req, report, &follows);
+        if fetched.is_ok() && unpacking.is_some() {
+            report(&|p| p.stage = "unpacking");
+        }
+        for f in &follows {
+            f.abandon("not fetched: another layer failed");
+        }
+        let unpacked = unpacking.map(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(PullError::internal(
+                    "unpack",
+                    std::io::Error::other("the unpack thread panicked"),
+                ))
+            })
+        });
+        (fetched, unpacked)
+    });
+    // A failed download is the root cause of any extraction error that followed it.
+    fetched?;
+    let top_chain = unpacked.transpose()?.flatten();
+
+    // The config, then the documents that reference it and the layers.
     let config_desc = &m.config;
     fetch_blob(
         store,
@@ -459,43 +571,9 @@ fn pull_leased(
         &BytesSource(resolved.config_body.clone()),
         &Labels::new(),
         &|_| {},
+        None,
     )?;
-    let mut top_chain = None;
     if let Some(to) = &req.unpack {
-        report(&|p| p.stage = "unpacking");
-        let layers: Vec<Layer> = m
-            .layers
-            .iter()
-            .zip(&resolved.config.rootfs.diff_ids)
-            .map(|(l, d)| Layer {
-                media_type: l.media_type.clone(),
-                digest: l.digest.clone(),
-                diff_id: d.clone(),
-            })
-            .collect();
-        let unpacker = Unpacker {
-            store,
-            scope,
-            snapshotter: to.snapshotter,
-            rebase: to.rebase,
-            whiteouts: to.whiteouts,
-            limits: Limits::default(),
-            concurrency: req.concurrency.max(1),
-            labels: Labels::new(),
-            owner: ns.as_str().to_owned(),
-        };
-        top_chain = unpacker.unpack(&layers, &|e| match e {
-            UnpackEvent::Started { index } => report(&|p| p.layers[index].state = "unpacking"),
-            UnpackEvent::Done {
-                index,
-                bytes,
-                skipped,
-                ..
-            } => report(&|p| {
-                p.layers[index].unpacked = bytes;
-                p.layers[index].state = if skipped { "skipped" } else { "unpacked" };
-            }),
-        })?;
         if let Some(c) = &top_chain {
             let mut l = Labels::new();
             l.insert(
@@ -527,6 +605,7 @@ fn pull_leased(
         &BytesSource(resolved.manifest_body.clone()),
         &ml,
         &|_| {},
+        None,
     )?;
     label_blob(store, scope, &resolved.manifest_descriptor.digest, &ml)?;
     let root = &resolved.root.descriptor;
@@ -543,6 +622,7 @@ fn pull_leased(
             &BytesSource(resolved.root.body.clone()),
             &il,
             &|_| {},
+            None,
         )?;
         label_blob(store, scope, &root.digest, &il)?;
     }

@@ -10,7 +10,7 @@
 //! is removed, so nothing half-extracted is ever committed.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -99,6 +99,37 @@ pub struct Unpacker<'a> {
     pub labels: Labels,
     /// The strata namespace the snapshots belong to ([`OWNER_LABEL`]).
     pub owner: String,
+}
+
+/// Where extraction reads a layer's compressed bytes.
+pub trait LayerSource: Sync {
+    /// Opens layer `i`'s blob from its first byte.
+    fn open(&self, i: usize, layer: &Layer) -> PullResult<Box<dyn Read + Send + '_>>;
+
+    /// Waits until layer `i`'s blob is committed and verified: a layer read while it
+    /// downloads is committed only after that.
+    fn verified(&self, i: usize, layer: &Layer) -> PullResult<()>;
+}
+
+/// Layer blobs already in the content store.
+struct StoreSource<'a> {
+    store: &'a LocalStore,
+    scope: &'a Scope,
+}
+
+impl LayerSource for StoreSource<'_> {
+    fn open(&self, i: usize, layer: &Layer) -> PullResult<Box<dyn Read + Send + '_>> {
+        self.store
+            .info(self.scope, &layer.digest)
+            .map_err(|e| PullError::from_content(&format!("layer {i} blob"), e))?;
+        let blob = File::open(self.store.blob_path(&layer.digest))
+            .map_err(|e| PullError::internal("open layer blob", e))?;
+        Ok(Box::new(blob))
+    }
+
+    fn verified(&self, _: usize, _: &Layer) -> PullResult<()> {
+        Ok(())
+    }
 }
 
 /// An active snapshot being extracted, removed on drop unless committed.
@@ -217,6 +248,7 @@ impl Unpacker<'_> {
     /// snapshot (not yet committed) and the uncompressed size.
     fn extract(
         &self,
+        src: &dyn LayerSource,
         i: usize,
         layer: &Layer,
         chain: &Digest,
@@ -234,11 +266,7 @@ impl Unpacker<'_> {
             key,
             committed: false,
         };
-        self.store
-            .info(self.scope, &layer.digest)
-            .map_err(|e| PullError::from_content(&format!("layer {i} blob"), e))?;
-        let blob = File::open(self.store.blob_path(&layer.digest))
-            .map_err(|e| PullError::internal("open layer blob", e))?;
+        let blob = src.open(i, layer)?;
         let target = Target::new(&mounts)?;
         let tar = open_layer(
             Some(&layer.media_type),
@@ -252,8 +280,11 @@ impl Unpacker<'_> {
         } else {
             self.whiteouts
         };
-        let stats = apply_layer(tar, &target.dir, mode, &self.limits)
-            .map_err(|e| PullError::from_apply(i, e))?;
+        let applied =
+            crate::readahead::read_ahead(tar, |r| apply_layer(r, &target.dir, mode, &self.limits));
+        // A failed download explains a failed extraction better than the read error does.
+        src.verified(i, layer)?;
+        let stats = applied.map_err(|e| PullError::from_apply(i, e))?;
         if stats.diff_id != layer.diff_id {
             return Err(PullError::invalid(format!(
                 "layer {i} ({}) extracts to {}, but the image config says {}",
@@ -265,23 +296,39 @@ impl Unpacker<'_> {
         Ok((active, stats.tar_bytes))
     }
 
-    /// Unpacks `layers` (bottom first); returns the top chainID.
+    /// Unpacks `layers` (bottom first) from the content store; returns the top chainID.
     pub fn unpack(
         &self,
+        layers: &[Layer],
+        on: &(dyn Fn(UnpackEvent) + Sync),
+    ) -> PullResult<Option<Digest>> {
+        let src = StoreSource {
+            store: self.store,
+            scope: self.scope,
+        };
+        self.unpack_from(&src, layers, on)
+    }
+
+    /// Unpacks `layers` (bottom first) reading their blobs from `src`; returns the top
+    /// chainID.
+    pub fn unpack_from(
+        &self,
+        src: &dyn LayerSource,
         layers: &[Layer],
         on: &(dyn Fn(UnpackEvent) + Sync),
     ) -> PullResult<Option<Digest>> {
         let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
         let chains = chain_ids(&diff_ids);
         match self.rebase {
-            Some(rebase) => self.unpack_parallel(layers, &chains, rebase, on)?,
-            None => self.unpack_in_order(layers, &chains, on)?,
+            Some(rebase) => self.unpack_parallel(src, layers, &chains, rebase, on)?,
+            None => self.unpack_in_order(src, layers, &chains, on)?,
         }
         Ok(chains.last().cloned())
     }
 
     fn unpack_in_order(
         &self,
+        src: &dyn LayerSource,
         layers: &[Layer],
         chains: &[Digest],
         on: &(dyn Fn(UnpackEvent) + Sync),
@@ -299,7 +346,7 @@ impl Unpacker<'_> {
             }
             on(UnpackEvent::Started { index: i });
             let parent = i.checked_sub(1).map(|p| chains[p].to_string());
-            let (mut active, bytes) = self.extract(i, layer, chain, parent.as_deref())?;
+            let (mut active, bytes) = self.extract(src, i, layer, chain, parent.as_deref())?;
             self.commit(i, chain, &mut active, None)?;
             on(UnpackEvent::Done {
                 index: i,
@@ -338,6 +385,7 @@ impl Unpacker<'_> {
 
     fn unpack_parallel(
         &self,
+        src: &dyn LayerSource,
         layers: &[Layer],
         chains: &[Digest],
         rebase: &(dyn Rebase + Send + Sync),
@@ -372,7 +420,7 @@ impl Unpacker<'_> {
                         }
                         let i = todo[n];
                         on(UnpackEvent::Started { index: i });
-                        let r = self.extract(i, &layers[i], &chains[i], None);
+                        let r = self.extract(src, i, &layers[i], &chains[i], None);
                         if r.is_err() {
                             failed.store(true, Ordering::Relaxed);
                         }

@@ -69,7 +69,7 @@ fn cut_connections_resume_at_the_stored_offset() {
     let mut src = Source::new(data.clone());
     src.cut = Some(2 << 20);
     let b = blob(&data);
-    let got = fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}).unwrap();
+    let got = fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}, None).unwrap();
     assert_eq!(got, Fetched::Downloaded);
     let offsets = src.offsets.lock().unwrap().clone();
     assert_eq!(offsets, vec![0, 2 << 20, 4 << 20]);
@@ -81,7 +81,7 @@ fn cut_connections_resume_at_the_stored_offset() {
     assert_eq!(back, data);
     // Fetching again finds it.
     assert_eq!(
-        fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}).unwrap(),
+        fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}, None).unwrap(),
         Fetched::Exists
     );
 }
@@ -96,11 +96,11 @@ fn a_server_ignoring_ranges_is_skipped_ahead() {
     let b = blob(&data);
     // Each connection restarts at 0 and is cut a little later than the last offset, so
     // progress needs the skip; MAX_RESUMES bounds the attempts.
-    let err = fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {});
+    let err = fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}, None);
     assert!(err.is_err(), "a source that never gets further must fail");
     src.cut = None;
     assert_eq!(
-        fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}).unwrap(),
+        fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}, None).unwrap(),
         Fetched::Downloaded
     );
     assert_eq!(
@@ -116,12 +116,12 @@ fn wrong_short_and_long_bodies_never_become_blobs() {
     let b = blob(&data);
     // Same length, different bytes.
     let src = Source::new(content(100_000, 4));
-    let e = fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}).unwrap_err();
+    let e = fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}, None).unwrap_err();
     assert_eq!(e.kind(), strata_proto::ErrorKind::InvalidArgument, "{e:?}");
     assert!(store.info(&scope, &b.digest).is_err());
     // Short: the body ends early every time.
     let src = Source::new(data[..50_000].to_vec());
-    let e = fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}).unwrap_err();
+    let e = fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}, None).unwrap_err();
     assert_eq!(e.kind(), strata_proto::ErrorKind::Unavailable, "{e:?}");
     assert!(store.info(&scope, &b.digest).is_err());
     // Long: only `size` bytes are read, and they verify.
@@ -129,7 +129,7 @@ fn wrong_short_and_long_bodies_never_become_blobs() {
     long.extend_from_slice(b"trailing garbage");
     let src = Source::new(long);
     assert_eq!(
-        fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}).unwrap(),
+        fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}, None).unwrap(),
         Fetched::Downloaded
     );
 }
@@ -143,7 +143,9 @@ fn two_pulls_of_one_blob_download_it_once() {
     let results: Vec<Fetched> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..2)
             .map(|_| {
-                s.spawn(|| fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}).unwrap())
+                s.spawn(|| {
+                    fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}, None).unwrap()
+                })
             })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
