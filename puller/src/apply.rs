@@ -63,6 +63,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::rc::Rc;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -135,13 +136,19 @@ pub fn apply_layer(
 ) -> Result<ApplyStats> {
     let root_fd =
         fs::open_root(root).map_err(|e| Error::Root(root.display().to_string(), e.into()))?;
+    let fresh = fs::is_empty_dir(root_fd.as_fd())
+        .map_err(|e| Error::Root(root.display().to_string(), e.into()))?;
     let mut reader = TarReader::new(layer, limits);
     let mut applier = Applier {
         root: root_fd,
         mode: whiteouts,
         limits,
+        fresh,
         written: HashSet::new(),
         dir_times: HashMap::new(),
+        parent: None,
+        euid: nix::unistd::geteuid(),
+        egid: nix::unistd::getegid(),
         entries: 0,
         file_bytes: 0,
         whiteouts: 0,
@@ -152,6 +159,7 @@ pub fn apply_layer(
         applier.apply(&entry, &mut reader)?;
     }
     let (diff_id, tar_bytes) = reader.finish()?;
+    applier.set_dir_times()?;
     tracing::debug!(
         %diff_id,
         tar_bytes,
@@ -203,10 +211,19 @@ struct Applier<'l> {
     root: OwnedFd,
     mode: WhiteoutMode,
     limits: &'l Limits,
-    /// Inodes this layer wrote, as (st_dev, st_ino).
+    /// The root was empty at the start: everything in it is this layer's, and `written`
+    /// need not be kept.
+    fresh: bool,
+    /// Inodes this layer wrote, as (st_dev, st_ino) (unless `fresh`).
     written: HashSet<InodeKey>,
-    /// Times of directories this layer wrote, set again after each change inside them.
-    dir_times: HashMap<InodeKey, (TimeSpec, TimeSpec)>,
+    /// Times of directories this layer wrote and where: set once all entries are in, as
+    /// GNU tar does, for every entry written inside a directory changes its times.
+    dir_times: HashMap<InodeKey, (Vec<u8>, TimeSpec, TimeSpec)>,
+    /// The last parent directory opened, by path: consecutive entries mostly share one.
+    /// Dropped whenever anything is removed, so a path never outlives what it named.
+    parent: Option<(Vec<u8>, Rc<OwnedFd>, FileStat)>,
+    euid: Uid,
+    egid: Gid,
     entries: u64,
     file_bytes: u64,
     whiteouts: u64,
@@ -244,17 +261,26 @@ impl Applier<'_> {
         let dir = self.parent_dir(raw, parent, true)?.expect("created");
         match entry.kind {
             Kind::File => {
-                self.clear_slot(raw, &dir, name, false)?;
-                let fd = openat(
-                    &dir,
-                    name,
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
+                let create = || {
+                    openat(
+                        &dir,
+                        name,
+                        OFlag::O_WRONLY
+                            | OFlag::O_CREAT
+                            | OFlag::O_EXCL
+                            | OFlag::O_NOFOLLOW
+                            | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(0o600),
+                    )
+                };
+                // Most names are new: try first, make room only when something is there.
+                let fd = match create() {
+                    Err(Errno::EEXIST) => {
+                        self.clear_slot(raw, &dir, name, false)?;
+                        create()
+                    }
+                    r => r,
+                }
                 .map_err(|e| io_err(raw, "create file", e))?;
                 let mut file = File::from(fd);
                 reader.copy_body(&mut file)?.map_err(|e| Error::Io {
@@ -263,7 +289,9 @@ impl Applier<'_> {
                     source: e,
                 })?;
                 self.file_bytes += entry.size;
-                fchown(&file, owner.0, owner.1).map_err(|e| io_err(raw, "chown", e))?;
+                if self.needs_chown(uid, gid) {
+                    fchown(&file, owner.0, owner.1).map_err(|e| io_err(raw, "chown", e))?;
+                }
                 fchmod(&file, perm).map_err(|e| io_err(raw, "chmod", e))?;
                 self.set_xattrs(raw, XattrTarget::Fd(file.as_fd()), &entry.xattrs)?;
                 futimens(&file, &atime, &mtime).map_err(|e| io_err(raw, "set times", e))?;
@@ -286,8 +314,9 @@ impl Applier<'_> {
                 self.set_xattrs(raw, XattrTarget::Fd(fd.as_fd()), &entry.xattrs)?;
                 futimens(&fd, &atime, &mtime).map_err(|e| io_err(raw, "set times", e))?;
                 let st = fstat(&fd).map_err(|e| io_err(raw, "stat", e))?;
-                self.dir_times.insert(key(&st), (atime, mtime));
-                self.written.insert(key(&st));
+                self.dir_times
+                    .insert(key(&st), (path.clone(), atime, mtime));
+                self.mark(&st);
             }
             Kind::Symlink => {
                 let target = entry.link.as_slice();
@@ -327,7 +356,50 @@ impl Applier<'_> {
                 self.finish_at(raw, &dir, name, owner, Some(perm), entry, (atime, mtime))?;
             }
         }
-        self.touched(raw, &dir)
+        Ok(())
+    }
+
+    /// Whether a file just created in the cached parent needs a chown to get `uid:gid`:
+    /// it belongs to our euid, and to our egid or a setgid parent's group.
+    fn needs_chown(&self, uid: u32, gid: u32) -> bool {
+        let Some((_, _, pst)) = &self.parent else {
+            return true;
+        };
+        let inherited = if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            self.egid.as_raw()
+        };
+        uid != self.euid.as_raw() || gid != inherited
+    }
+
+    fn mark(&mut self, st: &FileStat) {
+        if !self.fresh {
+            self.written.insert(key(st));
+        }
+    }
+
+    fn is_written(&self, st: &FileStat) -> bool {
+        self.fresh || self.written.contains(&key(st))
+    }
+
+    /// Sets the times of the directories this layer wrote, found again by path; one
+    /// replaced since (by a later entry) is skipped.
+    fn set_dir_times(&mut self) -> Result<()> {
+        self.parent = None;
+        for (k, (path, atime, mtime)) in std::mem::take(&mut self.dir_times) {
+            let fd = match fs::open_dir_in_root(self.root.as_fd(), &path) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
+                Err(e) => return Err(io_err(&path, "open directory", e)),
+            };
+            let st = fstat(&fd).map_err(|e| io_err(&path, "stat directory", e))?;
+            if key(&st) == k {
+                futimens(&fd, &atime, &mtime)
+                    .map_err(|e| io_err(&path, "set directory times", e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Sets owner, mode, xattrs and times of a symlink or node by name, never following
@@ -352,15 +424,19 @@ impl Applier<'_> {
         self.set_xattrs(raw, XattrTarget::At(dir.as_fd(), name), &entry.xattrs)?;
         utimensat(dir, name, &atime, &mtime, UtimensatFlags::NoFollowSymlink)
             .map_err(|e| io_err(raw, "set times", e))?;
-        let st =
-            fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| io_err(raw, "stat", e))?;
-        self.written.insert(key(&st));
+        if !self.fresh {
+            let st = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(|e| io_err(raw, "stat", e))?;
+            self.mark(&st);
+        }
         Ok(())
     }
 
     fn mark_fd(&mut self, raw: &[u8], fd: &impl AsFd) -> Result<()> {
-        let st = fstat(fd).map_err(|e| io_err(raw, "stat", e))?;
-        self.written.insert(key(&st));
+        if !self.fresh {
+            let st = fstat(fd).map_err(|e| io_err(raw, "stat", e))?;
+            self.mark(&st);
+        }
         Ok(())
     }
 
@@ -386,21 +462,41 @@ impl Applier<'_> {
         if let Some(st) = stat_at(dir, name).map_err(|e| io_err(raw, "stat", e))?
             && key(&st) == key(&tst)
         {
-            self.written.insert(key(&tst));
+            self.mark(&tst);
             return Ok(());
         }
         self.clear_slot(raw, dir, name, false)?;
         // No AT_SYMLINK_FOLLOW: a symlink target is linked itself, never followed.
         linkat(&tdir, tname, dir, name, AtFlags::empty())
             .map_err(|e| io_err(raw, "create hard link", e))?;
-        self.written.insert(key(&tst));
+        self.mark(&tst);
         Ok(())
     }
 
     /// Opens the directory `parent` inside the root. With `create`, missing components
     /// are made (mode 0755, root-owned, as GNU tar and containerd do); without, a
     /// missing directory is `None`.
-    fn parent_dir(&mut self, raw: &[u8], parent: &[u8], create: bool) -> Result<Option<OwnedFd>> {
+    fn parent_dir(
+        &mut self,
+        raw: &[u8],
+        parent: &[u8],
+        create: bool,
+    ) -> Result<Option<Rc<OwnedFd>>> {
+        if let Some((p, fd, _)) = &self.parent
+            && p == parent
+        {
+            return Ok(Some(fd.clone()));
+        }
+        let fd = match self.open_parent(raw, parent, create)? {
+            Some(fd) => Rc::new(fd),
+            None => return Ok(None),
+        };
+        let st = fstat(&fd).map_err(|e| io_err(raw, "stat parent directory", e))?;
+        self.parent = Some((parent.to_vec(), fd.clone(), st));
+        Ok(Some(fd))
+    }
+
+    fn open_parent(&mut self, raw: &[u8], parent: &[u8], create: bool) -> Result<Option<OwnedFd>> {
         match fs::open_dir_in_root(self.root.as_fd(), parent) {
             Ok(fd) => return Ok(Some(fd)),
             Err(Errno::ENOENT) if create => {}
@@ -433,7 +529,6 @@ impl Applier<'_> {
                 }
                 Err(e) => return Err(io_err(raw, "create parent directory", e)),
             }
-            self.touched(raw, &dir)?;
             dir = openat(
                 &dir,
                 comp,
@@ -461,6 +556,7 @@ impl Applier<'_> {
             if want_dir {
                 return Ok(Some(st));
             }
+            self.parent = None;
             self.prune(raw, dir, name, false)?;
         } else {
             unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)
@@ -486,7 +582,7 @@ impl Applier<'_> {
         let Some(st) = stat_at(dir, name).map_err(|e| io_err(raw, "stat", e))? else {
             return Ok(None);
         };
-        let written = keep_written && self.written.contains(&key(&st));
+        let written = keep_written && self.is_written(&st);
         if is_dir(&st) {
             let sub = openat(
                 dir,
@@ -533,21 +629,18 @@ impl Applier<'_> {
             names
         };
         let mut kept = false;
-        let mut removed = false;
         for n in &names {
-            match self.prune(raw, dir, n, keep_written)? {
-                Some(_) => kept = true,
-                None => removed = true,
+            if self.prune(raw, dir, n, keep_written)?.is_some() {
+                kept = true;
             }
-        }
-        if removed {
-            self.touched(raw, dir)?;
         }
         Ok(kept)
     }
 
     fn whiteout(&mut self, raw: &[u8], parent: &[u8], target: &[u8]) -> Result<()> {
         self.whiteouts += 1;
+        // A whiteout removes things: no cached path may outlive it.
+        self.parent = None;
         if target == b".wh..opq" {
             return self.opaque(raw, parent);
         }
@@ -586,14 +679,15 @@ impl Applier<'_> {
                             .map_err(|e| io_err(raw, "create overlay whiteout", e))?;
                     }
                 }
-                self.touched(raw, &dir)
+                Ok(())
             }
             WhiteoutMode::Delete => {
                 let Some(dir) = self.parent_dir(raw, parent, false)? else {
                     return Ok(());
                 };
                 self.prune(raw, &dir, target, true)?;
-                self.touched(raw, &dir)
+                self.parent = None;
+                Ok(())
             }
         }
     }
@@ -609,21 +703,10 @@ impl Applier<'_> {
                 let Some(dir) = self.parent_dir(raw, parent, false)? else {
                     return Ok(());
                 };
+                self.parent = None;
                 self.prune_children(raw, &dir, true).map(drop)
             }
         }
-    }
-
-    /// After a change inside `dir`: sets its times again if this layer set them.
-    fn touched(&mut self, raw: &[u8], dir: &OwnedFd) -> Result<()> {
-        if self.dir_times.is_empty() {
-            return Ok(());
-        }
-        let st = fstat(dir).map_err(|e| io_err(raw, "stat directory", e))?;
-        if let Some((atime, mtime)) = self.dir_times.get(&key(&st)) {
-            futimens(dir, atime, mtime).map_err(|e| io_err(raw, "set directory times", e))?;
-        }
-        Ok(())
     }
 
     fn set_xattrs(

@@ -212,7 +212,8 @@ pub fn fetch_blob(
         blob: store.blob_path(&blob.digest),
         ok: false,
     };
-    let deadline = Instant::now() + MAX_WAIT;
+    let started = Instant::now();
+    let deadline = started + MAX_WAIT;
     let r#ref = ingest_ref(&blob.digest);
     let mut w = loop {
         let opts = WriterOptions {
@@ -307,7 +308,9 @@ pub fn fetch_blob(
     }
     // A longer body than the descriptor says is never read past `size`; a different one
     // fails the digest check here and the ingest restarts on the next pull.
-    match w.commit(blob.size, Some(&blob.digest), labels.clone()) {
+    let committed = w.commit(blob.size, Some(&blob.digest), labels.clone());
+    tracing::debug!(digest = %blob.digest, size = blob.size, ms = started.elapsed().as_millis() as u64, "blob fetched");
+    match committed {
         Ok(_) => {
             guard.ok = true;
             Ok(Fetched::Downloaded)

@@ -14,7 +14,7 @@ use std::io::{BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use sha2::{Digest as _, Sha256};
 use strata_content::{LocalStore, Provider, Scope};
@@ -218,6 +218,57 @@ impl Drop for Target {
     }
 }
 
+/// Tar bytes between background `syncfs` calls while a layer extracts.
+const FLUSH_EVERY: u64 = 64 << 20;
+
+/// Counts the bytes read through it.
+struct Counted<'a, R> {
+    inner: R,
+    written: &'a AtomicU64,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Runs `extract` with a thread that syncs the filesystem of `dir` behind it, every
+/// [`FLUSH_EVERY`] bytes it reports. The kernel starts writeback only at a tenth or so
+/// of memory, so without this a layer's whole data waits for its final `syncfs`; with
+/// it, the disk writes while the CPU extracts, and the final `syncfs` is short.
+fn with_flusher<T>(dir: &Path, extract: impl FnOnce(&AtomicU64) -> T) -> T {
+    let written = AtomicU64::new(0);
+    let done = Mutex::new(false);
+    let wake = std::sync::Condvar::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut flushed = 0;
+            let mut stop = done.lock().unwrap_or_else(|e| e.into_inner());
+            while !*stop {
+                stop = wake
+                    .wait_timeout(stop, std::time::Duration::from_millis(50))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                let w = written.load(Ordering::Relaxed);
+                if !*stop && w - flushed >= FLUSH_EVERY {
+                    drop(stop);
+                    // Best effort: the final syncfs reports errors.
+                    let _ = syncfs(dir);
+                    flushed = w;
+                    stop = done.lock().unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        });
+        let r = extract(&written);
+        *done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.notify_all();
+        r
+    })
+}
+
 fn syncfs(dir: &Path) -> PullResult<()> {
     let f = File::open(dir).map_err(|e| PullError::internal("open layer dir to sync", e))?;
     // SAFETY: syncfs takes a valid open descriptor, which `f` owns for the call.
@@ -266,6 +317,7 @@ impl Unpacker<'_> {
             key,
             committed: false,
         };
+        let started = std::time::Instant::now();
         let blob = src.open(i, layer)?;
         let target = Target::new(&mounts)?;
         let tar = open_layer(
@@ -280,8 +332,12 @@ impl Unpacker<'_> {
         } else {
             self.whiteouts
         };
-        let applied =
-            crate::readahead::read_ahead(tar, |r| apply_layer(r, &target.dir, mode, &self.limits));
+        let applied = with_flusher(&target.dir, |written| {
+            crate::readahead::read_ahead(tar, |r| {
+                let counted = Counted { inner: r, written };
+                apply_layer(counted, &target.dir, mode, &self.limits)
+            })
+        });
         // A failed download explains a failed extraction better than the read error does.
         src.verified(i, layer)?;
         let stats = applied.map_err(|e| PullError::from_apply(i, e))?;
@@ -291,7 +347,16 @@ impl Unpacker<'_> {
                 layer.digest, stats.diff_id, layer.diff_id
             )));
         }
+        let applied_at = started.elapsed();
         syncfs(&target.dir)?;
+        tracing::debug!(
+            layer = i,
+            digest = %layer.digest,
+            bytes = stats.tar_bytes,
+            apply_ms = applied_at.as_millis() as u64,
+            syncfs_ms = (started.elapsed() - applied_at).as_millis() as u64,
+            "layer extracted"
+        );
         drop(target);
         Ok((active, stats.tar_bytes))
     }

@@ -136,3 +136,21 @@ pub(crate) fn open_root(root: &std::path::Path) -> nix::Result<OwnedFd> {
         Mode::empty(),
     )
 }
+
+/// Whether the directory `dir` has no entries besides `.` and `..`.
+pub(crate) fn is_empty_dir(dir: BorrowedFd<'_>) -> nix::Result<bool> {
+    let mut list = nix::dir::Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    for ent in list.iter() {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
