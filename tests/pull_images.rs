@@ -103,7 +103,9 @@ impl Env {
         self.dir.path()
     }
 
+    /// Kills the daemon (if running) and starts it again on the same root.
     fn restart_daemon(&mut self) {
+        self.d.kill9();
         let cfg = self.config.to_str().unwrap().to_owned();
         self.d.restart(&[("STRATA_CONFIG", &cfg)]);
     }
