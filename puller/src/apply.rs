@@ -147,6 +147,7 @@ pub fn apply_layer(
         written: HashSet::new(),
         dir_times: HashMap::new(),
         parent: None,
+        umask: fs::umask(),
         euid: nix::unistd::geteuid(),
         egid: nix::unistd::getegid(),
         entries: 0,
@@ -222,6 +223,9 @@ struct Applier<'l> {
     /// The last parent directory opened, by path: consecutive entries mostly share one.
     /// Dropped whenever anything is removed, so a path never outlives what it named.
     parent: Option<(Vec<u8>, Rc<OwnedFd>, FileStat)>,
+    /// The process's umask, when known: a file whose mode it leaves alone is created
+    /// with that mode, saving a chmod.
+    umask: Option<u32>,
     euid: Uid,
     egid: Gid,
     entries: u64,
@@ -261,6 +265,17 @@ impl Applier<'_> {
         let dir = self.parent_dir(raw, parent, true)?.expect("created");
         match entry.kind {
             Kind::File => {
+                let chown = self.needs_chown(uid, gid);
+                // Created with its final mode when neither the umask nor a chown (which
+                // clears setuid bits) would change it; else private until chmod-ed.
+                let direct = !chown
+                    && perm.bits() & 0o7000 == 0
+                    && self.umask.is_some_and(|m| perm.bits() & m == 0);
+                let create_mode = if direct {
+                    perm
+                } else {
+                    Mode::from_bits_truncate(0o600)
+                };
                 let create = || {
                     openat(
                         &dir,
@@ -270,7 +285,7 @@ impl Applier<'_> {
                             | OFlag::O_EXCL
                             | OFlag::O_NOFOLLOW
                             | OFlag::O_CLOEXEC,
-                        Mode::from_bits_truncate(0o600),
+                        create_mode,
                     )
                 };
                 // Most names are new: try first, make room only when something is there.
@@ -289,10 +304,12 @@ impl Applier<'_> {
                     source: e,
                 })?;
                 self.file_bytes += entry.size;
-                if self.needs_chown(uid, gid) {
+                if chown {
                     fchown(&file, owner.0, owner.1).map_err(|e| io_err(raw, "chown", e))?;
                 }
-                fchmod(&file, perm).map_err(|e| io_err(raw, "chmod", e))?;
+                if !direct {
+                    fchmod(&file, perm).map_err(|e| io_err(raw, "chmod", e))?;
+                }
                 self.set_xattrs(raw, XattrTarget::Fd(file.as_fd()), &entry.xattrs)?;
                 futimens(&file, &atime, &mtime).map_err(|e| io_err(raw, "set times", e))?;
                 self.mark_fd(raw, &file)?;

@@ -22,7 +22,12 @@ pub(crate) fn read_ahead<R: Read + Send, T>(
     let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(DEPTH);
     let (back_tx, back_rx) = channel::<Vec<u8>>();
     std::thread::scope(|s| {
-        s.spawn(move || produce(inner, &tx, &back_rx));
+        s.spawn(move || {
+            let before = thread_cpu();
+            produce(inner, &tx, &back_rx);
+            let (u, k) = thread_cpu();
+            tracing::trace!(user_ms = u - before.0, sys_ms = k - before.1, "read-ahead thread");
+        });
         let mut r = Ahead {
             rx,
             back: back_tx,
@@ -33,6 +38,18 @@ pub(crate) fn read_ahead<R: Read + Send, T>(
         // Dropping `r` (its receiver) when `consume` returns early stops the producer.
         consume(&mut r)
     })
+}
+
+/// CPU time of the calling thread so far, user and system, in milliseconds.
+pub(crate) fn thread_cpu() -> (u64, u64) {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a `rusage` into the valid, writable buffer it is given.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    (ms(ru.ru_utime), ms(ru.ru_stime))
 }
 
 fn produce<R: Read>(mut inner: R, tx: &SyncSender<io::Result<Vec<u8>>>, back: &Receiver<Vec<u8>>) {

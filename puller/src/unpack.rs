@@ -318,6 +318,7 @@ impl Unpacker<'_> {
             committed: false,
         };
         let started = std::time::Instant::now();
+        let cpu = crate::readahead::thread_cpu();
         let blob = src.open(i, layer)?;
         let target = Target::new(&mounts)?;
         let tar = open_layer(
@@ -348,6 +349,7 @@ impl Unpacker<'_> {
             )));
         }
         let applied_at = started.elapsed();
+        let (cpu_user, cpu_sys) = crate::readahead::thread_cpu();
         syncfs(&target.dir)?;
         tracing::debug!(
             layer = i,
@@ -355,6 +357,8 @@ impl Unpacker<'_> {
             bytes = stats.tar_bytes,
             apply_ms = applied_at.as_millis() as u64,
             syncfs_ms = (started.elapsed() - applied_at).as_millis() as u64,
+            apply_user_ms = cpu_user - cpu.0,
+            apply_sys_ms = cpu_sys - cpu.1,
             "layer extracted"
         );
         drop(target);

@@ -154,3 +154,11 @@ pub(crate) fn is_empty_dir(dir: BorrowedFd<'_>) -> nix::Result<bool> {
     }
     Ok(true)
 }
+
+/// The process's umask, from `/proc/self/status` (reading it with umask(2) would change
+/// it for a moment, for every thread).
+pub(crate) fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
