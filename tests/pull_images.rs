@@ -1114,11 +1114,12 @@ fn checkpointed(root: &Path) -> u64 {
 #[test]
 fn pull_killed_mid_fetch_resumes_without_refetching() {
     let mut env = Env::new("spi-resume");
-    // The content store checkpoints an ingest every 64 MiB (StoreOptions'
+    // The content store checkpoints an ingest every 16 MiB (StoreOptions'
     // checkpoint_interval) and trusts nothing past the last checkpoint after a crash, so
     // a resume can only be seen on a blob larger than that. An uncompressed layer of
     // zeros keeps the test cheap.
-    const BIG: usize = 72 << 20;
+    const CHECKPOINT: u64 = 16 << 20;
+    const BIG: usize = 24 << 20;
     let mut t = Tar::new();
     t.file("big.bin", &vec![0u8; BIG]);
     t.file("small.txt", b"after the big file\n");
@@ -1128,7 +1129,9 @@ fn pull_killed_mid_fetch_resumes_without_refetching() {
     env.push("strata/big:1", &img);
     let proxy = Proxy::start(&env.reg.hostport);
     // Full speed up to just past the first checkpoint, then 1 MiB/s.
-    proxy.slow_after.store(66 << 20, Ordering::Relaxed);
+    proxy
+        .slow_after
+        .store(CHECKPOINT + (2 << 20), Ordering::Relaxed);
     proxy.rate.store(1 << 20, Ordering::Relaxed);
     let image = format!("{}/strata/big:1", proxy.hostport);
 
@@ -1144,7 +1147,7 @@ fn pull_killed_mid_fetch_resumes_without_refetching() {
     let mut cp;
     loop {
         cp = checkpointed(&env.d.root);
-        if cp >= 64 << 20 {
+        if cp >= CHECKPOINT {
             break;
         }
         assert!(
@@ -1833,15 +1836,11 @@ fn hostile_blobs_and_documents_are_refused() {
     pull_good(&env, &good);
 }
 
-/// Known product bug (see the report of 2026-11-27): overlayfs extracts each layer alone
-/// into its own directory, so what a layer means relative to the layers below it is lost:
-/// a hard link to a lower layer's file is refused, a parent directory the layer does not
-/// list is made 0755 root:root (hiding the lower one's mode and owner), and a parent that
-/// is a symlink in a lower layer (`lib -> usr/lib`) becomes a directory that hides it. The
-/// native backend, GNU tar and containerd (which applies onto the mounted parents) all
-/// agree with each other, and the same chainID then has different content per backend.
+/// A layer that depends on the layers below it (a hard link to a lower layer's file, a
+/// parent directory it does not list, a parent that is a symlink below: `lib -> usr/lib`)
+/// cannot be extracted alone, as overlayfs's parallel unpack does; it is applied again
+/// over its mounted parents, so every backend gives the same tree as GNU tar.
 #[test]
-#[ignore = "product bug: overlayfs unpack ignores lower layers (cross-layer hard links, implicit parents, symlinked parents)"]
 fn overlayfs_layers_see_the_layers_below() {
     let env = Env::new("spi-lower");
     let l1 = Tar::new()

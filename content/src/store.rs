@@ -89,7 +89,9 @@ impl Default for StoreOptions {
         StoreOptions {
             sharing: SharingPolicy::Shared,
             ingest_expiry: Duration::from_secs(24 * 3600),
-            checkpoint_interval: 64 << 20,
+            // Small enough that an interrupted pull of a typical layer resumes; the
+            // checkpoint's fdatasync runs on a thread of its own.
+            checkpoint_interval: 16 << 20,
             failpoint: None,
         }
     }

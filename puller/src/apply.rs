@@ -89,10 +89,17 @@ pub enum WhiteoutMode {
     /// whiteout overlayfs reads, a 0:0 character device named NAME, and
     /// `.wh..wh..opq` sets `trusted.overlay.opaque=y` on its directory.
     ///
-    /// Only the upper directory is seen, as in containerd's upper-dir apply: a hard link
-    /// to a file of a lower layer is refused as missing, and a parent that is a symlink
-    /// in a lower layer is made a directory here.
+    /// Only the upper directory is seen: a hard link to a file of a lower layer is
+    /// refused as missing, and a parent directory the layer does not list is made 0755
+    /// root-owned. Right for a bottom layer; see `OverlayDetached` for the others.
     Overlay,
+    /// As `Overlay`, for an upper directory extracted before the layers below it exist
+    /// (strata unpacks layers in parallel). An entry whose result depends on them fails
+    /// with [`Error::NeedsLowerLayers`]: a hard link to a file this layer does not hold,
+    /// and a parent directory this layer does not list (below, it may be a directory with
+    /// another owner and mode, or a symlink). The caller then applies the layer again
+    /// through a mount of its parents, as containerd does.
+    OverlayDetached,
     /// `root` holds the parent's whole tree (a native or btrfs snapshot): `.wh.NAME`
     /// removes NAME recursively, and `.wh..wh..opq` removes every child of its directory
     /// that this layer did not write.
@@ -463,7 +470,14 @@ impl Applier<'_> {
             return Err(Error::refused(raw, "hard link to the root directory"));
         }
         let (tparent, tname) = split(&target);
+        let detached = self.mode == WhiteoutMode::OverlayDetached;
         let missing = || {
+            if detached {
+                return Error::NeedsLowerLayers {
+                    path: EntryName::new(raw),
+                    reason: "a hard link target is not in this layer",
+                };
+            }
             Error::refused(
                 raw,
                 format!("hard link target {} does not exist", EntryName::new(link)),
@@ -516,6 +530,12 @@ impl Applier<'_> {
     fn open_parent(&mut self, raw: &[u8], parent: &[u8], create: bool) -> Result<Option<OwnedFd>> {
         match fs::open_dir_in_root(self.root.as_fd(), parent) {
             Ok(fd) => return Ok(Some(fd)),
+            Err(Errno::ENOENT) if create && self.mode == WhiteoutMode::OverlayDetached => {
+                return Err(Error::NeedsLowerLayers {
+                    path: EntryName::new(raw),
+                    reason: "a parent directory is not in this layer",
+                });
+            }
             Err(Errno::ENOENT) if create => {}
             Err(Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(resolve_err(raw, e)),
@@ -670,7 +690,7 @@ impl Applier<'_> {
             return Err(Error::refused(raw, "whiteout names no file"));
         }
         match self.mode {
-            WhiteoutMode::Overlay => {
+            WhiteoutMode::Overlay | WhiteoutMode::OverlayDetached => {
                 let dir = self.parent_dir(raw, parent, true)?.expect("created");
                 match self.prune(raw, &dir, target, true)? {
                     // This layer wrote a directory there (or below it): hide the lower
@@ -711,7 +731,7 @@ impl Applier<'_> {
 
     fn opaque(&mut self, raw: &[u8], parent: &[u8]) -> Result<()> {
         match self.mode {
-            WhiteoutMode::Overlay => {
+            WhiteoutMode::Overlay | WhiteoutMode::OverlayDetached => {
                 let dir = self.parent_dir(raw, parent, true)?.expect("created");
                 fs::fsetxattr(dir.as_fd(), b"trusted.overlay.opaque", b"y")
                     .map_err(|e| io_err(raw, "set overlay opaque xattr", e))

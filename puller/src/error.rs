@@ -123,6 +123,16 @@ pub enum Error {
         #[source]
         source: Option<io::Error>,
     },
+    /// The entry's result depends on the layers below, which an extraction in
+    /// [`WhiteoutMode::OverlayDetached`](crate::WhiteoutMode::OverlayDetached) cannot see;
+    /// the layer must be applied again over them.
+    #[error("entry {path}: {reason}, which depends on the layers below")]
+    NeedsLowerLayers {
+        /// The entry.
+        path: EntryName,
+        /// What it needs from below.
+        reason: &'static str,
+    },
     /// The layer exceeded one of the configured [`Limits`](crate::Limits).
     #[error("{what} exceeds the limit of {limit}{}", at.as_ref().map(|p| format!(" at entry {p}")).unwrap_or_default())]
     LimitExceeded {
@@ -162,6 +172,7 @@ impl Error {
             | Error::Malformed { .. }
             | Error::Refused { .. } => ErrorKind::InvalidArgument,
             Error::LimitExceeded { .. } => ErrorKind::ResourceExhausted,
+            Error::NeedsLowerLayers { .. } => ErrorKind::FailedPrecondition,
             Error::Read(_) | Error::Io { .. } | Error::Root(..) => ErrorKind::Internal,
         }
     }

@@ -150,7 +150,9 @@ impl Drop for Active<'_> {
 }
 
 /// An extracted, not yet committed layer and its uncompressed size.
-type Extracted<'a> = PullResult<(Active<'a>, u64)>;
+/// `None`: a detached extraction met an entry that needs the layers below (see
+/// [`WhiteoutMode::OverlayDetached`]); the layer must be extracted again over them.
+type Extracted<'a> = PullResult<Option<(Active<'a>, u64)>>;
 
 /// Prefix of the keys of extraction snapshots: `strata/extract/<pid>-<time>-<n>/<chainID>`.
 pub const EXTRACT_PREFIX: &str = "strata/extract/";
@@ -304,6 +306,7 @@ impl Unpacker<'_> {
         layer: &Layer,
         chain: &Digest,
         parent: Option<&str>,
+        detached: bool,
     ) -> Extracted<'_> {
         let key = format!("{EXTRACT_PREFIX}{}/{chain}", unique());
         let mut labels = Labels::new();
@@ -330,6 +333,8 @@ impl Unpacker<'_> {
         // Through a mount the filesystem makes its own whiteouts from deletions.
         let mode = if target.mounted.is_some() {
             WhiteoutMode::Delete
+        } else if detached && self.whiteouts == WhiteoutMode::Overlay {
+            WhiteoutMode::OverlayDetached
         } else {
             self.whiteouts
         };
@@ -341,6 +346,10 @@ impl Unpacker<'_> {
         });
         // A failed download explains a failed extraction better than the read error does.
         src.verified(i, layer)?;
+        if let Err(crate::Error::NeedsLowerLayers { path, reason }) = &applied {
+            tracing::debug!(layer = i, entry = %path, reason, "layer needs its parents; applying it again over them");
+            return Ok(None);
+        }
         let stats = applied.map_err(|e| PullError::from_apply(i, e))?;
         if stats.diff_id != layer.diff_id {
             return Err(PullError::invalid(format!(
@@ -362,7 +371,25 @@ impl Unpacker<'_> {
             "layer extracted"
         );
         drop(target);
-        Ok((active, stats.tar_bytes))
+        Ok(Some((active, stats.tar_bytes)))
+    }
+
+    /// [`extract`](Self::extract) over the committed `parent`, seeing the layers below.
+    fn extract_over(
+        &self,
+        src: &dyn LayerSource,
+        i: usize,
+        layer: &Layer,
+        chain: &Digest,
+        parent: Option<&str>,
+    ) -> PullResult<(Active<'_>, u64)> {
+        self.extract(src, i, layer, chain, parent, false)?
+            .ok_or_else(|| {
+                PullError::internal(
+                    "unpack",
+                    std::io::Error::other("an attached extraction asked for its parents"),
+                )
+            })
     }
 
     /// Unpacks `layers` (bottom first) from the content store; returns the top chainID.
@@ -415,7 +442,7 @@ impl Unpacker<'_> {
             }
             on(UnpackEvent::Started { index: i });
             let parent = i.checked_sub(1).map(|p| chains[p].to_string());
-            let (mut active, bytes) = self.extract(src, i, layer, chain, parent.as_deref())?;
+            let (mut active, bytes) = self.extract_over(src, i, layer, chain, parent.as_deref())?;
             self.commit(i, chain, &mut active, None)?;
             on(UnpackEvent::Done {
                 index: i,
@@ -489,7 +516,8 @@ impl Unpacker<'_> {
                         }
                         let i = todo[n];
                         on(UnpackEvent::Started { index: i });
-                        let r = self.extract(src, i, &layers[i], &chains[i], None);
+                        // Every layer but the bottom one extracts detached from its parents.
+                        let r = self.extract(src, i, &layers[i], &chains[i], None, i > 0);
                         if r.is_err() {
                             failed.store(true, Ordering::Relaxed);
                         }
@@ -511,14 +539,19 @@ impl Unpacker<'_> {
                 }
             }
         }
-        for (i, (mut active, bytes)) in extracted {
+        for (i, done) in extracted {
             let parent = i.checked_sub(1).map(|p| chains[p].to_string());
-            self.commit(
-                i,
-                &chains[i],
-                &mut active,
-                Some((rebase, parent.as_deref())),
-            )?;
+            let (mut active, bytes, onto) = match done {
+                Some((active, bytes)) => (active, bytes, Some((rebase, parent.as_deref()))),
+                None => {
+                    // Its parent is committed by now: extract again through a mount of it.
+                    on(UnpackEvent::Started { index: i });
+                    let (active, bytes) =
+                        self.extract_over(src, i, &layers[i], &chains[i], parent.as_deref())?;
+                    (active, bytes, None)
+                }
+            };
+            self.commit(i, &chains[i], &mut active, onto)?;
             on(UnpackEvent::Done {
                 index: i,
                 chain_id: chains[i].clone(),
