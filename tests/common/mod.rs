@@ -37,7 +37,9 @@ impl Daemon {
         d
     }
 
+    /// Starts the daemon, stopping (kill -9) one still running first.
     pub fn restart(&mut self, env: &[(&str, &str)]) {
+        self.kill9();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
