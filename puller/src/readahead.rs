@@ -26,7 +26,11 @@ pub(crate) fn read_ahead<R: Read + Send, T>(
             let before = thread_cpu();
             produce(inner, &tx, &back_rx);
             let (u, k) = thread_cpu();
-            tracing::trace!(user_ms = u - before.0, sys_ms = k - before.1, "read-ahead thread");
+            tracing::trace!(
+                user_ms = u - before.0,
+                sys_ms = k - before.1,
+                "read-ahead thread"
+            );
         });
         let mut r = Ahead {
             rx,
