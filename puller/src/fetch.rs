@@ -36,6 +36,130 @@ pub trait BlobSource: Send + Sync {
     /// Opens `blob` at `offset`. Returns the reader and the offset it really starts at:
     /// `offset`, or 0 when the server ignored the range request.
     fn open(&self, blob: &Blob, offset: u64) -> PullResult<(Box<dyn Read + Send>, u64)>;
+
+    /// Opens exactly the bytes `range` of `blob`, for one chunk of a parallel download;
+    /// `None` when the source cannot serve a range by itself (the default; a server that
+    /// ignores ranges): the download then goes on in one stream.
+    fn open_range(
+        &self,
+        blob: &Blob,
+        range: std::ops::Range<u64>,
+    ) -> PullResult<Option<Box<dyn Read + Send>>> {
+        let _ = (blob, range);
+        Ok(None)
+    }
+}
+
+/// Blobs with at least this much left to fetch are downloaded in parallel chunks.
+pub const CHUNKED_MIN: u64 = 32 << 20;
+/// Size of one chunk of a parallel download.
+const CHUNK: u64 = 4 << 20;
+/// Chunks in flight at once: the memory a large blob's download holds is `WINDOW * CHUNK`.
+const WINDOW: usize = 4;
+
+/// Reads bytes `start..end` of `blob` from `src` into `buf` (reused), reopening the
+/// range where a connection breaks; `None` when the source serves no ranges.
+fn fetch_range(
+    src: &dyn BlobSource,
+    blob: &Blob,
+    start: u64,
+    end: u64,
+    mut buf: Vec<u8>,
+) -> PullResult<Option<Vec<u8>>> {
+    buf.resize((end - start) as usize, 0);
+    let mut filled = 0;
+    let mut resumes = 0;
+    loop {
+        let at = start + filled as u64;
+        let Some(mut r) = src.open_range(blob, at..end)? else {
+            return Ok(None);
+        };
+        let err = loop {
+            if filled == buf.len() {
+                return Ok(Some(buf));
+            }
+            match r.read(&mut buf[filled..]) {
+                Ok(0) => {
+                    break std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("range ended at {} of {end}", start + filled as u64),
+                    );
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break e,
+            }
+        };
+        resumes += 1;
+        if resumes > MAX_RESUMES {
+            return Err(PullError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "fetch {} bytes {start}-{end}: gave up after {MAX_RESUMES} resumes",
+                    blob.digest
+                ),
+            )
+            .with_source(err));
+        }
+        tracing::warn!(digest = %blob.digest, start, end, error = %err, "chunk interrupted; resuming");
+    }
+}
+
+/// Downloads `offset..blob.size` in [`CHUNK`]s, [`WINDOW`] at once, and writes them in
+/// order. Returns the offset reached: `blob.size`, or less when the source turned out to
+/// serve no ranges (the caller goes on in one stream from there).
+fn fetch_chunks(
+    w: &mut dyn strata_content::Writer,
+    blob: &Blob,
+    src: &dyn BlobSource,
+    mut offset: u64,
+    follow: Option<&Follow>,
+    progress: &dyn Fn(u64),
+) -> PullResult<u64> {
+    // Buffers go round: fresh memory is slow to touch in a VM, and reuse bounds it.
+    let free = Mutex::new(Vec::<Vec<u8>>::new());
+    std::thread::scope(|s| {
+        let spawn = |start: u64| {
+            let end = (start + CHUNK).min(blob.size);
+            let buf = free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .unwrap_or_default();
+            s.spawn(move || fetch_range(src, blob, start, end, buf))
+        };
+        let mut next = offset;
+        let mut pending = std::collections::VecDeque::new();
+        while pending.len() < WINDOW && next < blob.size {
+            pending.push_back(spawn(next));
+            next += CHUNK;
+        }
+        while let Some(h) = pending.pop_front() {
+            let chunk = h.join().unwrap_or_else(|_| {
+                Err(PullError::new(
+                    ErrorKind::Internal,
+                    "a download thread panicked",
+                ))
+            })?;
+            // Chunks still in flight finish before the scope ends; their bytes are dropped.
+            let Some(chunk) = chunk else {
+                return Ok(offset);
+            };
+            w.write(&chunk)
+                .map_err(|e| PullError::from_content("write ingest", e))?;
+            offset += chunk.len() as u64;
+            free.lock().unwrap_or_else(|e| e.into_inner()).push(chunk);
+            if let Some(f) = follow {
+                f.advance(offset);
+            }
+            progress(offset);
+            if next < blob.size {
+                pending.push_back(spawn(next));
+                next += CHUNK;
+            }
+        }
+        Ok(offset)
+    })
 }
 
 /// How a fetch ended.
@@ -257,6 +381,9 @@ pub fn fetch_blob(
         });
     }
     progress(offset);
+    if blob.size - offset >= CHUNKED_MIN {
+        offset = fetch_chunks(&mut *w, blob, src, offset, follow, progress)?;
+    }
     let mut buf = vec![0u8; 1 << 20];
     let mut resumes = 0;
     while offset < blob.size {

@@ -214,11 +214,8 @@ struct RegistrySource<'a> {
 
 impl BlobSource for RegistrySource<'_> {
     fn open(&self, blob: &Blob, offset: u64) -> PullResult<(Box<dyn Read + Send>, u64)> {
-        let desc = Descriptor::new(blob.media_type.clone(), blob.digest.clone(), blob.size);
         let range = (offset > 0 && offset < blob.size).then_some(offset..blob.size);
-        let stream = self
-            .rt
-            .block_on(self.client.fetch_blob(self.reference, &desc, range))?;
+        let stream = self.stream(blob, range)?;
         let start = stream.offset();
         Ok((
             Box::new(StreamReader {
@@ -228,6 +225,36 @@ impl BlobSource for RegistrySource<'_> {
             }),
             start,
         ))
+    }
+
+    fn open_range(
+        &self,
+        blob: &Blob,
+        range: std::ops::Range<u64>,
+    ) -> PullResult<Option<Box<dyn Read + Send>>> {
+        let stream = self.stream(blob, Some(range))?;
+        // A server that ignores ranges would send the prefix again for every chunk.
+        if !stream.range_honoured() {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(StreamReader {
+            rt: self.rt.clone(),
+            stream,
+            chunk: Bytes::new(),
+        })))
+    }
+}
+
+impl RegistrySource<'_> {
+    fn stream(
+        &self,
+        blob: &Blob,
+        range: Option<std::ops::Range<u64>>,
+    ) -> PullResult<registry::BlobStream> {
+        let desc = Descriptor::new(blob.media_type.clone(), blob.digest.clone(), blob.size);
+        Ok(self
+            .rt
+            .block_on(self.client.fetch_blob(self.reference, &desc, range))?)
     }
 }
 

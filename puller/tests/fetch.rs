@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use strata_content::testsuite::{content, digest_of};
 use strata_content::{Labels, LocalStore, Provider, Scope, StoreOptions};
+use strata_puller::fetch::CHUNKED_MIN;
 use strata_puller::{Blob, BlobSource, Fetched, PullResult, fetch_blob};
 
 /// Serves `data`, honouring ranges or not, cutting each connection after `cut` bytes.
@@ -17,6 +18,7 @@ struct Source {
     cut: Option<usize>,
     opens: AtomicUsize,
     offsets: Mutex<Vec<u64>>,
+    ranges: Mutex<Vec<(u64, u64)>>,
 }
 
 impl Source {
@@ -27,6 +29,7 @@ impl Source {
             cut: None,
             opens: AtomicUsize::new(0),
             offsets: Mutex::new(Vec::new()),
+            ranges: Mutex::new(Vec::new()),
         }
     }
 }
@@ -46,6 +49,88 @@ impl BlobSource for Source {
         }
         Ok((Box::new(std::io::Cursor::new(body)), start as u64))
     }
+
+    fn open_range(
+        &self,
+        _: &Blob,
+        range: std::ops::Range<u64>,
+    ) -> PullResult<Option<Box<dyn Read + Send>>> {
+        if !self.honour_range {
+            return Ok(None);
+        }
+        self.ranges.lock().unwrap().push((range.start, range.end));
+        let mut body = self.data[range.start as usize..range.end as usize].to_vec();
+        if let Some(c) = self.cut {
+            body.truncate(c);
+        }
+        Ok(Some(Box::new(std::io::Cursor::new(body))))
+    }
+}
+
+fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn large_blobs_come_in_parallel_ranges_written_in_order() {
+    let (_d, store, scope) = setup();
+    let data = pseudo_random(CHUNKED_MIN as usize + (9 << 20) + 4321);
+    let b = blob(&data);
+    let mut src = Source::new(data.clone());
+    // Every connection breaks after 3 MiB: each chunk resumes where it broke.
+    src.cut = Some(3 << 20);
+    let seen = Mutex::new(Vec::new());
+    let got = fetch_blob(
+        &store,
+        &scope,
+        &b,
+        &src,
+        &Labels::new(),
+        &|n| seen.lock().unwrap().push(n),
+        None,
+    )
+    .unwrap();
+    assert_eq!(got, Fetched::Downloaded);
+    assert!(strata_content::api::read_all(&store, &scope, &b.digest).unwrap() == data);
+    let ranges = src.ranges.lock().unwrap().clone();
+    assert!(ranges.len() > 5, "{ranges:?}");
+    // Every byte was asked for; nothing twice.
+    let mut covered: Vec<(u64, u64)> = ranges.clone();
+    covered.sort();
+    let mut at = 0;
+    for (s, e) in covered {
+        assert_eq!(s, at, "gap or overlap at {at}: {ranges:?}");
+        at = (s + (3 << 20)).min(e);
+    }
+    assert_eq!(at, data.len() as u64);
+    // No single stream was opened: the source serves ranges.
+    assert_eq!(src.opens.load(Ordering::SeqCst), 0);
+    // Progress only moves forward, to the end.
+    let seen = seen.into_inner().unwrap();
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(seen.last(), Some(&(data.len() as u64)));
+}
+
+#[test]
+fn large_blobs_from_a_source_without_ranges_come_in_one_stream() {
+    let (_d, store, scope) = setup();
+    let data = pseudo_random(CHUNKED_MIN as usize + 1);
+    let b = blob(&data);
+    let mut src = Source::new(data.clone());
+    src.honour_range = false;
+    let got = fetch_blob(&store, &scope, &b, &src, &Labels::new(), &|_| {}, None).unwrap();
+    assert_eq!(got, Fetched::Downloaded);
+    assert!(strata_content::api::read_all(&store, &scope, &b.digest).unwrap() == data);
+    assert!(src.ranges.lock().unwrap().is_empty());
+    assert_eq!(*src.offsets.lock().unwrap(), vec![0]);
 }
 
 fn setup() -> (tempfile::TempDir, LocalStore, Scope) {
