@@ -29,16 +29,23 @@
 //!   using the rootfs's own `/etc/passwd` and `/etc/group`, read with `openat2`
 //!   confined to the rootfs.
 //!
+//! - [`runc`]: [`Runc`], the driver over the `runc` binary (create, start, state, kill,
+//!   pause, resume, ps, exec, delete), with runc's own message in its errors, and
+//!   [`runc::become_subreaper`] + [`runc::wait_exit`], which give a shim the exit status
+//!   of a container's init although runc double-forks.
+//!
 //! Errors are one [`Error`] with an [`ErrorKind`] (containerd's errdefs vocabulary).
 
 #![warn(missing_docs)]
 
 mod error;
 pub mod image;
+pub mod runc;
 pub mod spec;
 pub mod user;
 
 pub use error::{Error, ErrorKind, Result};
 pub use image::ContainerConfig;
 pub use oci_spec::runtime::Spec;
+pub use runc::Runc;
 pub use spec::{BindMount, ContainerId, Network, RunOptions, generate};
