@@ -87,6 +87,11 @@ impl Bundle {
     /// The bundle for `args`; `host_pid` drops the PID namespace so that the process is
     /// not a namespace init (which ignores SIGTERM without a handler).
     fn new(args: &[&str], host_pid: bool) -> Bundle {
+        Bundle::with(args, host_pid, |_| {})
+    }
+
+    /// The bundle for `args` with `adjust(opts)`.
+    fn with(args: &[&str], host_pid: bool, adjust: impl FnOnce(&mut RunOptions)) -> Bundle {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("rootfs");
         for d in ["bin", "etc", "proc", "dev", "sys", "run", "tmp"] {
@@ -104,7 +109,8 @@ impl Bundle {
             cmd: args.iter().map(|s| s.to_string()).collect(),
             ..ContainerConfig::default()
         };
-        let opts = RunOptions::new(id.clone(), Namespace::new("strata-test").unwrap());
+        let mut opts = RunOptions::new(id.clone(), Namespace::new("strata-test").unwrap());
+        adjust(&mut opts);
         let mut spec = generate(&image, &root, &opts).unwrap();
         if host_pid {
             let linux = spec.linux_mut().as_mut().unwrap();
@@ -373,4 +379,80 @@ fn missing_runc_binary_is_unavailable() {
     runc.binary = dir.path().join("no-such-runc");
     let e = runc.state(&unique_id()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{}", chain(&e));
+}
+
+/// Receives the one fd sent over `stream` with SCM_RIGHTS.
+fn receive_fd(stream: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+    let mut data = [0u8; 4096];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // u64s keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 64];
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: msg points at live buffers of the lengths it gives.
+    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+    // SAFETY: msg was filled in by recvmsg; the CMSG macros walk its control buffer.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
+                return std::os::fd::OwnedFd::from_raw_fd(fd);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    panic!("no fd received");
+}
+
+#[test]
+fn console_socket_receives_the_terminal() {
+    if !ready() {
+        return;
+    }
+    let b = Bundle::with(&["echo", "on a tty"], false, |o| o.terminal = true);
+    let socket = b.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        receive_fd(&stream)
+    });
+    let pid = b
+        .runc
+        .create(
+            &b.id,
+            b.path(),
+            CreateOpts {
+                console_socket: Some(socket),
+                ..CreateOpts::default()
+            },
+        )
+        .unwrap();
+    let master = receiver.join().unwrap();
+    b.runc.start(&b.id).unwrap();
+    // The slave's output arrives on the master until the last slave fd closes (EIO).
+    let mut master = fs::File::from(master);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.ends_with(b"\r\n") {
+            break;
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&out), "on a tty\r\n");
+    assert_eq!(wait_exit(pid).unwrap(), ExitStatus::Code(0));
+    b.runc.delete(&b.id, false).unwrap();
 }
