@@ -141,11 +141,37 @@ pub fn apply_layer(
     whiteouts: WhiteoutMode,
     limits: &Limits,
 ) -> Result<ApplyStats> {
+    apply(layer, root, whiteouts, limits, true)
+}
+
+/// [`apply_layer`] for a caller that hashes the stream itself (on the thread that
+/// decompresses it, off the thread that creates files): the returned
+/// [`ApplyStats::diff_id`] is meaningless, and the caller's digest of everything
+/// `layer` yielded replaces it.
+pub(crate) fn apply_layer_unhashed(
+    layer: impl Read,
+    root: &Path,
+    whiteouts: WhiteoutMode,
+    limits: &Limits,
+) -> Result<ApplyStats> {
+    apply(layer, root, whiteouts, limits, false)
+}
+
+fn apply(
+    layer: impl Read,
+    root: &Path,
+    whiteouts: WhiteoutMode,
+    limits: &Limits,
+    hash: bool,
+) -> Result<ApplyStats> {
     let root_fd =
         fs::open_root(root).map_err(|e| Error::Root(root.display().to_string(), e.into()))?;
     let fresh = fs::is_empty_dir(root_fd.as_fd())
         .map_err(|e| Error::Root(root.display().to_string(), e.into()))?;
     let mut reader = TarReader::new(layer, limits);
+    if !hash {
+        reader = reader.without_hash();
+    }
     let mut applier = Applier {
         root: root_fd,
         mode: whiteouts,

@@ -15,16 +15,33 @@ const DEPTH: usize = 4;
 /// Runs `consume` on a reader that yields what `inner` yields, with `inner` read on
 /// another thread up to `DEPTH` buffers ahead. Errors of `inner` reach the consumer
 /// unchanged, at the position they happened.
-pub(crate) fn read_ahead<R: Read + Send, T>(
+///
+/// It also hashes (sha256) every byte `inner` yields, on the reading thread; the digest
+/// is of the whole stream only if the consumer read it to its end.
+pub(crate) fn read_ahead_hashed<R: Read + Send, T>(
     inner: R,
+    consume: impl FnOnce(&mut dyn Read) -> T,
+) -> (T, strata_proto::Digest) {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let t = read_ahead_with(inner, |b| h.update(b), consume);
+    let d = strata_proto::Digest::from_bytes(strata_proto::Algorithm::Sha256, &h.finalize())
+        .expect("a sha256 is 32 bytes");
+    (t, d)
+}
+
+fn read_ahead_with<R: Read + Send, T>(
+    inner: R,
+    mut each: impl FnMut(&[u8]) + Send,
     consume: impl FnOnce(&mut dyn Read) -> T,
 ) -> T {
     let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(DEPTH);
     let (back_tx, back_rx) = channel::<Vec<u8>>();
     std::thread::scope(|s| {
+        let each = &mut each;
         s.spawn(move || {
             let before = thread_cpu();
-            produce(inner, &tx, &back_rx);
+            produce(inner, &tx, &back_rx, each);
             let (u, k) = thread_cpu();
             tracing::trace!(
                 user_ms = u - before.0,
@@ -56,7 +73,12 @@ pub(crate) fn thread_cpu() -> (u64, u64) {
     (ms(ru.ru_utime), ms(ru.ru_stime))
 }
 
-fn produce<R: Read>(mut inner: R, tx: &SyncSender<io::Result<Vec<u8>>>, back: &Receiver<Vec<u8>>) {
+fn produce<R: Read>(
+    mut inner: R,
+    tx: &SyncSender<io::Result<Vec<u8>>>,
+    back: &Receiver<Vec<u8>>,
+    each: &mut dyn FnMut(&[u8]),
+) {
     loop {
         // Reused buffers: first touches of fresh memory are slow in a VM.
         let mut buf = back.try_recv().unwrap_or_else(|_| vec![0; BUF]);
@@ -75,6 +97,7 @@ fn produce<R: Read>(mut inner: R, tx: &SyncSender<io::Result<Vec<u8>>>, back: &R
             }
         }
         buf.truncate(n);
+        each(&buf);
         let end = n == 0 || err.is_some();
         if n > 0 && tx.send(Ok(buf)).is_err() {
             return;
@@ -161,6 +184,20 @@ mod tests {
     }
 
     #[test]
+    fn hashes_everything_the_stream_yields() {
+        use sha2::Digest as _;
+        let d = data(3 * BUF + 77);
+        let p = Pieces {
+            data: d.clone(),
+            at: 0,
+            fail: false,
+        };
+        let (n, digest) = read_ahead_hashed(p, |r| std::io::copy(r, &mut std::io::sink()).unwrap());
+        assert_eq!(n, d.len() as u64);
+        assert_eq!(digest.hex(), hex::encode(sha2::Sha256::digest(&d)));
+    }
+
+    #[test]
     fn yields_the_stream_unchanged() {
         for len in [0, 1, BUF - 1, BUF, BUF + 1, 5 * BUF + 12345] {
             let d = data(len);
@@ -169,11 +206,15 @@ mod tests {
                 at: 0,
                 fail: false,
             };
-            let got = read_ahead(p, |r| {
-                let mut v = Vec::new();
-                r.read_to_end(&mut v).unwrap();
-                v
-            });
+            let got = read_ahead_with(
+                p,
+                |_| {},
+                |r| {
+                    let mut v = Vec::new();
+                    r.read_to_end(&mut v).unwrap();
+                    v
+                },
+            );
             assert_eq!(got.len(), d.len());
             assert!(got == d, "stream of {len} bytes changed");
         }
@@ -187,11 +228,15 @@ mod tests {
             at: 0,
             fail: true,
         };
-        let (got, err) = read_ahead(p, |r| {
-            let mut v = Vec::new();
-            let e = r.read_to_end(&mut v).unwrap_err();
-            (v, e)
-        });
+        let (got, err) = read_ahead_with(
+            p,
+            |_| {},
+            |r| {
+                let mut v = Vec::new();
+                let e = r.read_to_end(&mut v).unwrap_err();
+                (v, e)
+            },
+        );
         assert!(got == d);
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert_eq!(err.to_string(), "boom");
@@ -205,11 +250,15 @@ mod tests {
             fail: false,
         };
         // Returns (the scope joins the producer), although most of the stream is unread.
-        let first = read_ahead(p, |r| {
-            let mut b = [0u8; 10];
-            r.read_exact(&mut b).unwrap();
-            b
-        });
+        let first = read_ahead_with(
+            p,
+            |_| {},
+            |r| {
+                let mut b = [0u8; 10];
+                r.read_exact(&mut b).unwrap();
+                b
+            },
+        );
         assert_eq!(first.to_vec(), data(10));
     }
 }

@@ -22,8 +22,9 @@ use strata_proto::Digest;
 use strata_snapshotter::mount::{mount_all, unmount_all};
 use strata_snapshotter::{Labels, Mount, Rebase, Snapshotter};
 
+use crate::apply::apply_layer_unhashed;
 use crate::pull::{PullError, PullResult};
-use crate::{Limits, WhiteoutMode, apply_layer, open_layer};
+use crate::{Limits, WhiteoutMode, open_layer};
 
 pub use strata_snapshotter::service::{OWNER_LABEL, SNAPSHOT_REF_LABEL};
 
@@ -338,11 +339,16 @@ impl Unpacker<'_> {
         } else {
             self.whiteouts
         };
-        let applied = with_flusher(&target.dir, |written| {
-            crate::readahead::read_ahead(tar, |r| {
+        // The diff_id is hashed on the inflating thread, off the one creating files.
+        let (applied, diff_id) = with_flusher(&target.dir, |written| {
+            crate::readahead::read_ahead_hashed(tar, |r| {
                 let counted = Counted { inner: r, written };
-                apply_layer(counted, &target.dir, mode, &self.limits)
+                apply_layer_unhashed(counted, &target.dir, mode, &self.limits)
             })
+        });
+        let applied = applied.map(|mut stats| {
+            stats.diff_id = diff_id;
+            stats
         });
         // A failed download explains a failed extraction better than the read error does.
         src.verified(i, layer)?;

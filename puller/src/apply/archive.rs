@@ -74,7 +74,8 @@ struct Pax {
 pub(crate) struct TarReader<'l, R> {
     inner: R,
     limits: &'l Limits,
-    hasher: Sha256,
+    /// `None` when the caller hashes the stream itself (on another thread).
+    hasher: Option<Sha256>,
     /// Bytes consumed from `inner`.
     pos: u64,
     /// Body bytes of the current entry not yet consumed.
@@ -86,11 +87,18 @@ pub(crate) struct TarReader<'l, R> {
 }
 
 impl<'l, R: Read> TarReader<'l, R> {
+    /// Leaves hashing to the caller: [`finish`](Self::finish) then returns the digest of
+    /// nothing, and the caller's digest of the whole stream is the diff_id.
+    pub(crate) fn without_hash(mut self) -> Self {
+        self.hasher = None;
+        self
+    }
+
     pub(crate) fn new(inner: R, limits: &'l Limits) -> Self {
         TarReader {
             inner,
             limits,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
             pos: 0,
             body_left: 0,
             pad_left: 0,
@@ -104,7 +112,9 @@ impl<'l, R: Read> TarReader<'l, R> {
         loop {
             match self.inner.read(buf) {
                 Ok(n) => {
-                    self.hasher.update(&buf[..n]);
+                    if let Some(h) = &mut self.hasher {
+                        h.update(&buf[..n]);
+                    }
                     self.pos += n as u64;
                     if self.pos > self.limits.max_total_bytes {
                         return Err(Error::LimitExceeded {
@@ -361,8 +371,8 @@ impl<'l, R: Read> TarReader<'l, R> {
     pub(crate) fn finish(mut self) -> Result<(Digest, u64)> {
         let mut buf = std::mem::take(&mut self.buf);
         while self.read_some(&mut buf)? > 0 {}
-        let digest = Digest::from_bytes(Algorithm::Sha256, &self.hasher.finalize())
-            .expect("a sha256 is 32 bytes");
+        let hash = self.hasher.take().unwrap_or_default().finalize();
+        let digest = Digest::from_bytes(Algorithm::Sha256, &hash).expect("a sha256 is 32 bytes");
         Ok((digest, self.pos))
     }
 }
