@@ -8,6 +8,7 @@
 //!   state(id) -> State              runc state ID            (JSON, read with a size bound)
 //!   ps(id) -> Vec<Pid>              runc ps --format json ID
 //!   exec(id, process.json, ...)     runc exec --detach --process F --pid-file P ID
+//!   exec_with(id, process.json, o)  ... [--console-socket S] ID
 //!   kill(id, signal, all)           runc kill [--all] ID SIGNUM
 //!   delete(id, force)               runc delete [--force] ID
 //! ```
@@ -146,6 +147,18 @@ pub struct CreateOpts {
     pub stdio: Stdio,
     /// A unix socket runc sends the terminal's master fd to (the spec must ask for a
     /// terminal).
+    pub console_socket: Option<PathBuf>,
+}
+
+/// Options of [`Runc::exec_with`].
+#[derive(Debug)]
+pub struct ExecOpts {
+    /// Where runc writes the process's pid.
+    pub pid_file: PathBuf,
+    /// The process's standard streams (ignored with a console socket).
+    pub stdio: Stdio,
+    /// A unix socket runc sends the terminal's master fd to (the process JSON must ask
+    /// for a terminal).
     pub console_socket: Option<PathBuf>,
 }
 
@@ -516,17 +529,37 @@ impl Runc {
         pid_file: &Path,
         stdio: Stdio,
     ) -> Result<Pid> {
-        let args = [
+        self.exec_with(
+            id,
+            process,
+            ExecOpts {
+                pid_file: pid_file.to_owned(),
+                stdio,
+                console_socket: None,
+            },
+        )
+    }
+
+    /// [`exec`](Self::exec) with a console socket: for a process JSON that asks for a
+    /// terminal, runc sends the terminal's master to `opts.console_socket`.
+    ///
+    /// # Errors
+    /// As [`exec`](Self::exec).
+    pub fn exec_with(&self, id: &ContainerId, process: &Path, opts: ExecOpts) -> Result<Pid> {
+        let mut args = vec![
             "exec".into(),
             "--detach".into(),
             "--process".into(),
             process.into(),
             "--pid-file".into(),
-            pid_file.into(),
-            id.as_str().into(),
+            opts.pid_file.clone().into(),
         ];
-        self.run_with_stdio("exec", id, &args, stdio)?;
-        read_pid_file(pid_file)
+        if let Some(s) = &opts.console_socket {
+            args.extend(["--console-socket".into(), s.into()]);
+        }
+        args.push(id.as_str().into());
+        self.run_with_stdio("exec", id, &args, opts.stdio)?;
+        read_pid_file(&opts.pid_file)
     }
 
     /// `runc delete`: removes a stopped container; with `force`, kills it first if it
