@@ -34,6 +34,10 @@
 //!   [`runc::become_subreaper`] + [`runc::wait_exit`], which give a shim the exit status
 //!   of a container's init although runc double-forks.
 //!
+//! - [`shim`]: the per-container shim (the `strata-shim` binary, [`shim::server`]) and
+//!   the daemon's side of it, [`shim::spawn`] and [`shim::ShimClient`]: a socket per
+//!   container, output in a framed log, exit statuses saved before anyone hears them.
+//!
 //! Errors are one [`Error`] with an [`ErrorKind`] (containerd's errdefs vocabulary).
 
 #![warn(missing_docs)]
@@ -41,6 +45,7 @@
 mod error;
 pub mod image;
 pub mod runc;
+pub mod shim;
 pub mod spec;
 pub mod user;
 
