@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/containerd/services/leases/v1/leases.proto",
         "proto/strata/v1/admin.proto",
         "proto/strata/v1/images.proto",
+        "proto/strata/v1/containers.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

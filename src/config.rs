@@ -16,6 +16,10 @@
 //! [registry]
 //! hosts_dir = "/etc/containerd/certs.d"     # containerd-style <host>/hosts.toml files
 //! docker_config = "/root/.docker/config.json"  # default: $DOCKER_CONFIG or ~/.docker
+//!
+//! [runtime]
+//! runc = "runc"                  # the runc binary (looked up on PATH)
+//! shim = "/usr/local/bin/strata-shim"  # default: strata-shim next to the strata binary
 //! ```
 //!
 //! overlayfs and native always live under `<root>/snapshots/`; btrfs is served when
@@ -48,6 +52,19 @@ pub(crate) struct Config {
     /// Registry settings for pulls.
     #[serde(default)]
     pub(crate) registry: RegistryConfig,
+    /// `[runtime]`.
+    #[serde(default)]
+    pub(crate) runtime: RuntimeConfig,
+}
+
+/// `[runtime]` settings: what runs containers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuntimeConfig {
+    /// The runc binary.
+    pub(crate) runc: Option<PathBuf>,
+    /// The strata-shim binary.
+    pub(crate) shim: Option<PathBuf>,
 }
 
 /// `[registry]` settings.

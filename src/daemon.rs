@@ -30,6 +30,11 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use strata_proto::strata::v1::envelope as pb_event;
+use strata_shim_runner::events::Events;
+use strata_shim_runner::lifecycle::{Lifecycle, LifecycleOptions};
+use strata_shim_runner::service::{ContainersService, EventsService, TasksService};
+
 use crate::config::Config;
 
 /// Everything `serve` needs, after merging the config file and flags.
@@ -47,6 +52,10 @@ pub(crate) struct ServeOptions {
     pub(crate) snapshots: SnapshotOptions,
     /// Registry settings for pulls.
     pub(crate) registry: RegistrySettings,
+    /// The runc binary.
+    pub(crate) runc: PathBuf,
+    /// The strata-shim binary.
+    pub(crate) shim: PathBuf,
 }
 
 /// Which snapshotter backends to open.
@@ -110,6 +119,11 @@ impl ServeOptions {
                 r.docker_config = cfg.registry.docker_config;
                 r
             },
+            runc: cfg.runtime.runc.unwrap_or_else(|| "runc".into()),
+            shim: cfg
+                .runtime
+                .shim
+                .unwrap_or_else(strata_shim_runner::shim::default_shim_binary),
         })
     }
 }
@@ -275,6 +289,56 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         }
     });
 
+    let events = Events::new();
+    let lifecycle = Arc::new(Lifecycle::new(
+        LifecycleOptions {
+            root: opts.root.clone(),
+            own_address: opts.address.clone(),
+            default_snapshotter: opts.snapshots.default.clone(),
+            shim_binary: opts.shim.clone(),
+            runc_binary: opts.runc.clone(),
+        },
+        cell.clone(),
+        events.clone(),
+        tokio::runtime::Handle::current(),
+    ));
+    {
+        // Tasks of an earlier daemon: their shims ran on without it.
+        let lc = lifecycle.clone();
+        tokio::task::spawn_blocking(move || match lc.recover() {
+            Ok(0) => {}
+            Ok(n) => info!(tasks = n, "tasks recovered"),
+            Err(e) => warn!(error = ?e, "recovering tasks"),
+        });
+    }
+    let pulled = {
+        let events = events.clone();
+        Arc::new(move |ns: &str, name: &str, digest: &str| {
+            events.publish(
+                ns,
+                strata_shim_runner::events::IMAGE_PULL,
+                pb_event::Event::Image(spb::ImageEvent {
+                    name: name.to_owned(),
+                    digest: digest.to_owned(),
+                }),
+            );
+        })
+    };
+    let committed = {
+        let events = events.clone();
+        Arc::new(move |ns: &str, snapshotter: &str, key: &str, name: &str| {
+            events.publish(
+                ns,
+                strata_shim_runner::events::SNAPSHOT_COMMIT,
+                pb_event::Event::Snapshot(spb::SnapshotEvent {
+                    snapshotter: snapshotter.to_owned(),
+                    key: key.to_owned(),
+                    name: name.to_owned(),
+                }),
+            );
+        })
+    };
+
     let admin = Admin {
         store: cell.clone(),
         snapshots: snap_cell.clone(),
@@ -283,10 +347,19 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let served = strata_proto::transport::server()
         .add_service(ContentService::new(cell.clone()).into_server())
         .add_service(LeasesService::new(cell.clone()).into_server())
-        .add_service(SnapshotsService::new(snap_cell.clone()).into_server())
         .add_service(
-            ImagesService::new(cell.clone(), snap_cell, opts.registry.clone()).into_server(),
+            SnapshotsService::new(snap_cell.clone())
+                .with_commit_hook(committed)
+                .into_server(),
         )
+        .add_service(
+            ImagesService::new(cell.clone(), snap_cell, opts.registry.clone())
+                .with_pulled_hook(pulled)
+                .into_server(),
+        )
+        .add_service(ContainersService::new(lifecycle.clone()).into_server())
+        .add_service(TasksService::new(lifecycle).into_server())
+        .add_service(EventsService::new(events).into_server())
         .add_service(spb::admin_server::AdminServer::new(admin))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
             tokio::select! {

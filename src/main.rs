@@ -6,6 +6,7 @@
 
 mod cli;
 mod config;
+mod containers;
 mod daemon;
 mod images;
 mod snapshots;
@@ -62,6 +63,20 @@ enum Command {
     Images(images::ImagesCmd),
     /// Manage snapshots.
     Snapshots(snapshots::SnapshotsArgs),
+    /// Run a container from an image (pulled if missing) and exit with its status.
+    Run(containers::RunArgs),
+    /// List containers and their tasks.
+    Ps(containers::PsArgs),
+    /// Run another process in a running container.
+    Exec(containers::ExecArgs),
+    /// Signal a container's process.
+    Kill(containers::KillArgs),
+    /// Remove containers (their task, snapshot and logs).
+    Rm(containers::RmArgs),
+    /// Print a container's output.
+    Logs(containers::LogsArgs),
+    /// Print events as they happen.
+    Events(containers::EventsArgs),
     /// Run the garbage collector now.
     Gc,
     /// Print the daemon's version and services.
@@ -82,6 +97,10 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<containers::ExitWith>().is_some() => {
+            let code = e.downcast_ref::<containers::ExitWith>().map_or(1, |c| c.0);
+            ExitCode::from(code)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             for cause in e.chain().skip(1) {
@@ -117,6 +136,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Command::Snapshots(c) => c.run(&client).await,
                 Command::Pull(c) => c.run(&client).await,
                 Command::Images(c) => c.run(&client).await,
+                Command::Run(c) => c.run(&client).await,
+                Command::Ps(c) => c.run(&client).await,
+                Command::Exec(c) => c.run(&client).await,
+                Command::Kill(c) => c.run(&client).await,
+                Command::Rm(c) => c.run(&client).await,
+                Command::Logs(c) => c.run(&client).await,
+                Command::Events(c) => c.run(&client).await,
                 Command::Gc => client.gc().await,
                 Command::Version => client.version().await,
                 Command::Serve { .. } => unreachable!("handled above"),

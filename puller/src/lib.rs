@@ -33,6 +33,7 @@ pub mod decompress;
 mod error;
 pub mod fetch;
 mod limits;
+pub mod local;
 pub mod pull;
 mod readahead;
 pub mod registry;

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::Stream;
@@ -45,12 +46,17 @@ impl Default for RegistrySettings {
     }
 }
 
+/// Called after each successful pull with the namespace, the image name and its digest
+/// (the daemon publishes an event with it).
+pub type PulledHook = Arc<dyn Fn(&str, &str, &str) + Send + Sync>;
+
 /// The Images service.
 #[derive(Clone)]
 pub struct ImagesService {
     store: StoreCell,
     backends: BackendsCell,
     registry: RegistrySettings,
+    on_pulled: Option<PulledHook>,
 }
 
 impl ImagesService {
@@ -60,7 +66,14 @@ impl ImagesService {
             store,
             backends,
             registry,
+            on_pulled: None,
         }
+    }
+
+    /// Calls `hook` after every successful pull.
+    pub fn with_pulled_hook(mut self, hook: PulledHook) -> Self {
+        self.on_pulled = Some(hook);
+        self
     }
 
     /// The tonic server for this service.
@@ -169,6 +182,7 @@ impl pb::images_server::Images for ImagesService {
         });
         let rt = tokio::runtime::Handle::current();
         let (tx, rx) = mpsc::channel(64);
+        let on_pulled = self.on_pulled.clone();
         tokio::task::spawn_blocking(move || {
             let name = backends.route_name(&r.snapshotter);
             let sn = backends.by_name.get(&name).cloned();
@@ -212,6 +226,10 @@ impl pb::images_server::Images for ImagesService {
             };
             match pull(&rt, &client, &store, &ns, &preq, &on) {
                 Ok(p) => {
+                    if let Some(hook) = &on_pulled {
+                        let digest = p.digest.as_ref().map(ToString::to_string);
+                        hook(ns.as_str(), &p.name, digest.as_deref().unwrap_or(""));
+                    }
                     let _ = tx.blocking_send(Ok(progress_out(&p)));
                 }
                 Err(e) => {

@@ -43,8 +43,11 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod events;
 pub mod image;
+pub mod lifecycle;
 pub mod runc;
+pub mod service;
 pub mod shim;
 pub mod spec;
 pub mod user;

@@ -146,12 +146,32 @@ fn target_exists(
 #[derive(Clone)]
 pub struct SnapshotsService {
     backends: BackendsCell,
+    on_commit: Option<CommitHook>,
 }
+
+/// Called after each commit through the service with the namespace header's value (empty
+/// without one), the snapshotter's name, the active key and the committed name.
+pub type CommitHook = Arc<dyn Fn(&str, &str, &str, &str) + Send + Sync>;
 
 impl SnapshotsService {
     /// Serves `backends`.
     pub fn new(backends: BackendsCell) -> Self {
-        SnapshotsService { backends }
+        SnapshotsService {
+            backends,
+            on_commit: None,
+        }
+    }
+
+    /// Calls `hook` after every successful commit.
+    pub fn with_commit_hook(mut self, hook: CommitHook) -> Self {
+        self.on_commit = Some(hook);
+        self
+    }
+
+    fn committed(&self, req_ns: &str, snapshotter: &str, key: &str, name: &str) {
+        if let Some(hook) = &self.on_commit {
+            hook(req_ns, snapshotter, key, name);
+        }
     }
 
     /// The tonic server for this service.
@@ -215,8 +235,15 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         &self,
         req: Request<pb::CommitSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
+        let ns = req
+            .metadata()
+            .get(strata_proto::NAMESPACE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
         let r = req.into_inner();
         tracing::debug!(key = %r.key, name = %r.name, parent = %r.parent, labels = ?r.labels, "commit");
+        let (snapshotter, key, name) = (r.snapshotter.clone(), r.key.clone(), r.name.clone());
         if !r.parent.is_empty() {
             let b = self.backends.get("snapshotters").await?;
             let sn = b
@@ -226,10 +253,11 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
                 .ok_or_else(|| Status::unimplemented("this snapshotter cannot rebase on commit"))?;
             blocking(move || sn.commit_onto(&r.name, &r.key, &r.parent, labels_in(r.labels)))
                 .await?;
-            return Ok(Response::new(()));
+        } else {
+            let sn = backend(&self.backends, &r.snapshotter).await?;
+            blocking(move || sn.commit(&r.name, &r.key, labels_in(r.labels))).await?;
         }
-        let sn = backend(&self.backends, &r.snapshotter).await?;
-        blocking(move || sn.commit(&r.name, &r.key, labels_in(r.labels))).await?;
+        self.committed(&ns, &snapshotter, &key, &name);
         Ok(Response::new(()))
     }
 
