@@ -7,8 +7,8 @@
 # For each run, each tool (in alternating order):
 #   exit   `strata run --rm IMAGE true`  vs  `ctr run --rm IMAGE ID true`: wall time of the
 #          command, from its start to its return after the container is gone;
-#   start  the same with `touch /m/started` in a bind mount: from the command's start to
-#          the file's mtime, i.e. until the container's process runs.
+#   start  the same running `sh -c ': >/m/started'` (a file created in a bind mount): from
+#          the command's start to the file's mtime, i.e. until the container's process runs.
 # Then --idle N (default 5) containers of each run `sleep` detached, and the resident
 # memory (VmRSS) of their shims, strata-shim versus containerd-shim-runc-v2, is averaged.
 #
@@ -90,7 +90,7 @@ strata_once() {
         "${S[@]}" run --rm "$ref" true
         t1="$(now_ns)"
     else
-        "${S[@]}" run --rm --mount "$wd/m:/m" "$ref" touch /m/started
+        "${S[@]}" run --rm --mount "$wd/m:/m" "$ref" sh -c ': >/m/started'
         t1="$(mtime_ns "$wd/m/started")"
     fi
     echo $(((t1 - t0) / 1000))
@@ -104,7 +104,7 @@ ctr_once() {
         "${CRUN[@]}" "$ref" "b-$2" true </dev/null
         t1="$(now_ns)"
     else
-        "${CRUN[@]}" --mount "type=bind,src=$wd/m,dst=/m,options=rbind:rw" "$ref" "b-$2" touch /m/started </dev/null
+        "${CRUN[@]}" --mount "type=bind,src=$wd/m,dst=/m,options=rbind:rw" "$ref" "b-$2" sh -c ': >/m/started' </dev/null
         t1="$(mtime_ns "$wd/m/started")"
     fi
     echo $(((t1 - t0) / 1000))

@@ -2,8 +2,10 @@
 # The main job end to end on a fresh Debian 12 machine (as root): install, build, start a
 # local registry with a demo image, start strata and a containerd that uses strata as its
 # content store and snapshotter, pull the image through containerd into strata, run a
-# container on a strata snapshot, and show the blobs and snapshots strata holds. Leaves everything running under the printed work dir;
-# `scripts/demo.sh stop WORKDIR` stops it.
+# container on a strata snapshot, and show the blobs and snapshots strata holds; then the
+# same without containerd: `strata pull` and `strata run` (strata's own shim and runc).
+# Leaves everything running under the printed work dir; `scripts/demo.sh stop WORKDIR`
+# stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -48,4 +50,7 @@ ctr_run "$wd" "$image" strata-demo
 echo "== and strata's own puller, without containerd:"
 "$strata" --address "$sock" pull --plain-http "$image"
 "$strata" --address "$sock" images ls
+echo "== strata run: a container from strata's overlayfs snapshot, run by strata-shim and runc:"
+"$strata" --address "$sock" run --rm "$image"
+"$strata" --address "$sock" run --rm "$image" sh -c 'echo "hello from strata run, in $(pwd) of $(cat /README)"'
 echo "== done. Stop everything with: $root/scripts/demo.sh stop $wd"

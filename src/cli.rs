@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 /// A connection to the daemon plus the namespace requests carry.
+#[derive(Clone)]
 pub(crate) struct Client {
     channel: Channel,
     namespace: String,

@@ -139,6 +139,9 @@ impl Drop for RawMode {
 
 impl RunArgs {
     pub(crate) async fn run(self, c: &Client) -> anyhow::Result<()> {
+        if self.rm && self.detach {
+            bail!("--rm and --detach cannot be used together");
+        }
         let mut labels = std::collections::HashMap::new();
         for l in &self.labels {
             let (k, v) = l
@@ -257,12 +260,19 @@ impl RunArgs {
             println!("{id}");
             return Ok(None);
         }
-        let _raw = self.tty.then(RawMode::enter);
-        if self.tty {
+        let raw = self.tty.then(RawMode::enter);
+        let proxy = if self.tty {
             spawn_stdin(c, id, "");
+            None
+        } else {
+            Some(proxy_signals(c, id))
+        };
+        let code = follow_and_wait(c, id, "").await;
+        drop(raw);
+        if let Some(p) = proxy {
+            p.abort();
         }
-        let code = follow_and_wait(c, id, "").await?;
-        drop(_raw);
+        let code = code?;
         let deleted = tasks(c)
             .delete(c.req(pb::TaskRequest {
                 container_id: id.to_owned(),
@@ -274,6 +284,51 @@ impl RunArgs {
         }
         Ok(Some(code))
     }
+}
+
+/// Forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to `strata run` to
+/// the container's init, as `ctr run` does (with a terminal, ^C reaches it through the
+/// terminal instead).
+fn proxy_signals(c: &Client, id: &str) -> tokio::task::JoinHandle<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (c, id) = (c.clone(), id.to_owned());
+    tokio::spawn(async move {
+        let kinds = [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+        ];
+        let mut streams = Vec::new();
+        for k in kinds {
+            if let Ok(s) = signal(SignalKind::from_raw(k)) {
+                streams.push((k, s));
+            }
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<i32>(8);
+        for (k, mut s) in streams {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    if tx.send(k).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        while let Some(k) = rx.recv().await {
+            let _ = tasks(&c)
+                .kill(c.req(pb::KillRequest {
+                    container_id: id.clone(),
+                    exec_id: String::new(),
+                    signal: k as u32,
+                    all: false,
+                }))
+                .await;
+        }
+    })
 }
 
 /// Copies stdin to the process's terminal until stdin ends.
