@@ -1,25 +1,20 @@
 //! strata's container lifecycle layer: from an unpacked image to a process run by runc.
 //!
-//! # What the crate will hold
-//!
 //! ```text
-//! strata run ──> containers + tasks service (strata.v1; gRPC, in the daemon)
-//!                   │ rootfs mounts from any snapshots.v1 endpoint
+//! strata run ──> Containers / Tasks / Events (strata.v1 gRPC in the daemon: service, lifecycle)
+//!                   │ rootfs: Prepare/Mounts on the image's top chainID through any
+//!                   │         snapshots.v1 endpoint (strata's own socket, containerd's)
 //!                   │ spec::generate(image config, rootfs, options) -> config.json
 //!                   ▼
-//!                one shim process per container ──> runc driver (create/start/kill/delete)
+//!                one strata-shim per container (shim) ──> runc driver (runc)
 //! ```
 //!
-//! - a **containers + tasks service**: container records, rootfs preparation through a
-//!   snapshots.v1 client, task create/start/wait/kill/delete, events;
-//! - the **shim binary**: one per container, it owns the container's stdio and reaps its
-//!   exit status so the daemon can restart without killing containers;
-//! - a **runc driver**: bundles and runc invocations.
-//!
-//! # What exists now
-//!
-//! The foundation every one of those needs: the OCI runtime spec for a container.
-//!
+//! - [`service`]: the `strata.v1` Containers, Tasks and Events gRPC services, over
+//! - [`lifecycle`]: [`lifecycle::Lifecycle`], container records, rootfs preparation and
+//!   mounting, tasks and their shims, exit watching, and the recovery of the tasks of an
+//!   earlier daemon;
+//! - [`events`]: the event bus (containerd's topics), fed by tasks, containers, pulls and
+//!   snapshot commits.
 //! - [`image`]: [`ContainerConfig`], the `config` part of an image config JSON (entrypoint,
 //!   cmd, env, user, working dir, labels, stop signal), parsed with a size bound.
 //! - [`spec`]: [`generate`] turns a [`ContainerConfig`], a mounted rootfs and
