@@ -484,9 +484,25 @@ impl Lifecycle {
             "containerd.io/gc.root".into(),
             strata_proto::time::to_nanos(SystemTime::now()).to_string(),
         );
-        let mounts = sn
-            .prepare(&key, Some(&chain), labels)
-            .map_err(Self::snapshot_error(format!("prepare snapshot {key}")))?;
+        let mounts = match sn.prepare(&key, Some(&chain), labels.clone()) {
+            // Left by a daemon that died between the prepare and the record: ours (the
+            // label says so, and there is no record), so it is replaced.
+            Err(e)
+                if e.kind() == ErrorKind::AlreadyExists
+                    && sn.stat(&key).is_ok_and(|i| {
+                        i.labels.get(CONTAINER_LABEL).map(String::as_str)
+                            == Some(format!("{ns}/{id}").as_str())
+                    }) =>
+            {
+                warn!(key, "replacing the snapshot of an unrecorded container");
+                let _ = strata_snapshotter::mount::unmount_all(&dir.join("rootfs"));
+                sn.remove(&key)
+                    .map_err(Self::snapshot_error(format!("remove stale snapshot {key}")))?;
+                sn.prepare(&key, Some(&chain), labels)
+            }
+            other => other,
+        }
+        .map_err(Self::snapshot_error(format!("prepare snapshot {key}")))?;
         let made = (|| {
             let rootfs = dir.join("rootfs");
             fs::DirBuilder::new()
@@ -717,6 +733,9 @@ impl Lifecycle {
                 "mounts of snapshot {}",
                 record.snapshot_key
             )))?;
+        // A daemon that died mid-delete may have left the rootfs mounted: never stack.
+        strata_snapshotter::mount::unmount_all(&rootfs)
+            .map_err(|e| Error::new(e.kind(), "unmount a stale rootfs").with_source(e))?;
         strata_snapshotter::mount::mount_all(&mounts, &rootfs)
             .map_err(|e| Error::new(e.kind(), "mount rootfs").with_source(e))?;
         let spawned = (|| {
