@@ -18,3 +18,4 @@ for svc in docker-registry containerd; do
   fi
 done
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+"$(dirname "$0")/debian-rootfs.sh"

@@ -2,6 +2,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod images;
 pub mod oci;
 
 use std::path::{Path, PathBuf};

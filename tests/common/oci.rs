@@ -298,6 +298,9 @@ pub struct Image {
     pub os: String,
     pub arch: String,
     pub variant: Option<String>,
+    /// The run config (`Entrypoint`, `Cmd`, `Env`, `User`, `WorkingDir`, `Labels`...);
+    /// `None` = `{"Env":["PATH=/bin"],"Cmd":["/bin/sh"]}`.
+    pub config: Option<Value>,
 }
 
 /// A built image: every document and blob, with their digests.
@@ -324,7 +327,14 @@ impl Image {
             os: "linux".into(),
             arch: host_arch(),
             variant: None,
+            config: None,
         }
+    }
+
+    /// Sets the run config (the config document's `config` object).
+    pub fn config(mut self, config: Value) -> Self {
+        self.config = Some(config);
+        self
     }
 
     pub fn docker(mut self) -> Self {
@@ -355,7 +365,8 @@ impl Image {
         let mut config = json!({
             "architecture": self.arch,
             "os": self.os,
-            "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+            "config": self.config.clone()
+                .unwrap_or_else(|| json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]})),
             "rootfs": {
                 "type": "layers",
                 "diff_ids": self.layers.iter().zip(&diff_ids)
