@@ -537,7 +537,20 @@ impl PsArgs {
                     (t.pid.to_string(), format!("exited ({})", t.exit_status))
                 }
                 Some(t) => (t.pid.to_string(), t.status.clone()),
-                None => ("-".to_owned(), "no task".to_owned()),
+                // No task: a wait answers with the last one's exit, if it ran.
+                None => match tasks(c)
+                    .wait(c.req(pb::TaskRequest {
+                        container_id: ct.id.clone(),
+                        exec_id: String::new(),
+                    }))
+                    .await
+                {
+                    Ok(e) => (
+                        "-".to_owned(),
+                        format!("exited ({})", e.into_inner().exit_status),
+                    ),
+                    Err(_) => ("-".to_owned(), "created".to_owned()),
+                },
             };
             writeln!(
                 out,
