@@ -482,6 +482,14 @@ fn killed_container_exits_137_and_is_removed() {
     let row = env.wait_status("k", "running");
     let pid: u32 = row.pid.parse().expect("a pid for a running task");
     assert!(alive(pid), "pid {pid} of a running container");
+    // The rootfs is mounted while the task exists (which makes the checks that no mount
+    // is left meaningful).
+    let rootfs = format!("{}/rootfs", env.container_dir("k").display());
+    assert!(
+        env.container_mounts().contains(&rootfs),
+        "{rootfs} not mounted: {:?}",
+        env.container_mounts()
+    );
 
     env.ok(&["kill", "--signal", "KILL", "k"]);
     env.wait_status("k", "exited (137)");
@@ -653,6 +661,89 @@ fn exec_into_a_running_container() {
     env.assert_gone(&id);
 }
 
+// ---- Mounts and options ----------------------------------------------------------------
+
+#[test]
+fn bind_mounts_and_read_only_rootfs() {
+    let env = Env::new("srunm");
+    let image = env.busybox();
+    let host = env.wd().join("shared");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("in"), b"from-host\n").unwrap();
+    let rw = format!("{}:/shared", host.display());
+    let ro = format!("{}:/shared:ro", host.display());
+
+    let out = env.run_ok(&[
+        "--rm",
+        "--mount",
+        &rw,
+        &image,
+        "sh",
+        "-c",
+        "cat /shared/in; echo from-container > /shared/out",
+    ]);
+    assert_eq!(out, "from-host\n");
+    assert_eq!(
+        std::fs::read_to_string(host.join("out")).unwrap(),
+        "from-container\n"
+    );
+
+    let out = env.run(&["--rm", "--mount", &ro, &image, "touch", "/shared/nope"]);
+    assert!(
+        !out.status.success(),
+        "write to a :ro mount: {}",
+        show(&out)
+    );
+    assert!(!host.join("nope").exists());
+
+    let out = env.run(&["--rm", "--read-only", &image, "touch", "/work/nope"]);
+    assert!(
+        !out.status.success(),
+        "write to a read-only rootfs: {}",
+        show(&out)
+    );
+    // The same write succeeds on a writable rootfs.
+    env.run_ok(&["--rm", &image, "touch", "/work/yes"]);
+
+    // Bad mount specs are refused before anything is created.
+    for bad in ["relative:/x", "/tmp:relative", "/tmp", "/tmp:/x:bogus"] {
+        let out = env.run(&["--rm", "--mount", bad, &image, "true"]);
+        assert!(!out.status.success(), "--mount {bad}: {}", show(&out));
+        env.assert_nothing_left();
+    }
+    // --rm with -d is refused.
+    let out = env.run(&["--rm", "-d", &image, "true"]);
+    assert!(!out.status.success(), "--rm -d: {}", show(&out));
+    env.assert_nothing_left();
+}
+
+#[test]
+fn terminal_for_run_and_exec() {
+    let env = Env::new("srunt");
+    let image = env.busybox();
+    // stdin is /dev/null here: the process still gets a terminal for its stdio.
+    let out = env.run(&[
+        "--rm",
+        "-t",
+        &image,
+        "sh",
+        "-c",
+        "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo is-a-tty; exit 6",
+    ]);
+    assert_eq!(out.status.code(), Some(6), "{}", show(&out));
+    assert!(stdout(&out).contains("is-a-tty"), "{}", show(&out));
+
+    env.run_ok(&["-d", "--name", "tt", &image, "sleep", "1000"]);
+    env.wait_status("tt", "running");
+    let out = env.cli(&["exec", "-t", "tt", "sh", "-c", "[ -t 1 ] && echo exec-tty"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(stdout(&out).contains("exec-tty"), "{}", show(&out));
+    let out = env.ok(&["exec", "tt", "sh", "-c", "[ -t 1 ] || echo no-tty"]);
+    assert_eq!(stdout(&out), "no-tty\n");
+    env.ok(&["rm", "-f", "tt"]);
+    env.assert_nothing_left();
+}
+
 // ---- 5. --rm cleans up ------------------------------------------------------------------
 
 #[test]
@@ -691,7 +782,9 @@ fn container_kept_after_exit_has_logs_until_rm() {
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     assert_eq!(stdout(&out), "kept-out\n");
 
+    // The run has returned: the status is final.
     let row = env.ps_row("keep").expect("keep is listed");
+    assert_eq!(row.status, "exited (2)", "{row:?}");
     assert_eq!(row.snapshotter, "overlayfs", "{row:?}");
     assert!(env.container_dir("keep").exists());
     assert!(
