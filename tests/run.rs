@@ -182,6 +182,16 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// True if `pid` has a handler for `sig` (its `SigCgt` mask in /proc).
+fn catches(pid: u32, sig: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (sig - 1)) != 0)
+}
+
 /// Polls `f` until it returns `Some`, failing with `what()` after [`WAIT`].
 fn wait_for<T>(what: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + WAIT;
@@ -527,6 +537,71 @@ fn sigterm_by_default_and_by_number() {
     env.ok(&["kill", "--signal", "9", "n"]);
     env.wait_status("n", "exited (137)");
     env.ok(&["rm", "n"]);
+    env.assert_nothing_left();
+}
+
+#[test]
+fn attached_run_reports_signals_and_forwards_them() {
+    let env = Env::new("srun2c");
+    let image = env.busybox();
+    env.ok(&["pull", "--plain-http", &image]);
+    let spawn = |name: &str, script: &str| {
+        Command::new(BIN)
+            .args(["--address", env.sock(), "run", "--name", name, &image])
+            .args(["sh", "-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let finish = |child: std::process::Child| {
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(CLI_TIMEOUT) {
+            Ok(out) => out.unwrap(),
+            Err(_) => {
+                // SAFETY: plain kill(2) of our own child.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+                panic!("strata run (pid {pid}) did not exit");
+            }
+        }
+    };
+
+    // Killed from elsewhere: the attached run exits 128 + 9.
+    let child = spawn("sk", "sleep 1000");
+    env.wait_status("sk", "running");
+    env.ok(&["kill", "--signal", "KILL", "sk"]);
+    let out = finish(child);
+    assert_eq!(out.status.code(), Some(137), "{}", show(&out));
+    env.ok(&["rm", "sk"]);
+
+    // SIGINT to strata run reaches the container's process.
+    let child = spawn(
+        "si",
+        "trap 'echo got-int; exit 9' INT; while true; do sleep 0.2; done",
+    );
+    env.wait_status("si", "running");
+    // strata run catches SIGINT once it forwards signals: wait for its handler, or the
+    // default action would kill strata run itself.
+    let pid = child.id();
+    wait_for(
+        || format!("strata run (pid {pid}) never caught SIGINT"),
+        || catches(pid, libc::SIGINT).then_some(()),
+    );
+    // SAFETY: plain kill(2) of our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = finish(child);
+    assert_eq!(out.status.code(), Some(9), "{}", show(&out));
+    assert!(stdout(&out).contains("got-int"), "{}", show(&out));
+    env.ok(&["rm", "si"]);
     env.assert_nothing_left();
 }
 
