@@ -167,8 +167,13 @@ impl RunArgs {
         };
         let container = match containers(c).create(c.req(req.clone())).await {
             Ok(r) => r.into_inner(),
-            // Not pulled, or not unpacked into this snapshotter: pull, then again.
-            Err(s) if s.code() == tonic::Code::NotFound && self.snapshots_address.is_none() => {
+            // Not pulled, or not unpacked into this snapshotter (the daemon's message
+            // then starts with "image"; a missing user is NotFound too): pull, then again.
+            Err(s)
+                if s.code() == tonic::Code::NotFound
+                    && s.message().starts_with("image ")
+                    && self.snapshots_address.is_none() =>
+            {
                 self.pull(c).await?;
                 containers(c)
                     .create(c.req(req))
@@ -180,13 +185,12 @@ impl RunArgs {
         };
         let id = container.id;
         let status = self.run_task(c, &id).await;
-        if self.rm && !self.detach {
-            if let Err(s) = containers(c)
+        if self.rm
+            && let Err(s) = containers(c)
                 .delete(c.req(pb::DeleteContainerRequest { id: id.clone() }))
                 .await
-            {
-                eprintln!("error: remove container {id}: {}", s.message());
-            }
+        {
+            eprintln!("error: remove container {id}: {}", s.message());
         }
         match status? {
             None => Ok(()),

@@ -313,16 +313,36 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     let pulled = {
         let events = events.clone();
-        Arc::new(move |ns: &str, name: &str, digest: &str| {
-            events.publish(
-                ns,
-                strata_shim_runner::events::IMAGE_PULL,
-                pb_event::Event::Image(spb::ImageEvent {
-                    name: name.to_owned(),
-                    digest: digest.to_owned(),
-                }),
-            );
-        })
+        Arc::new(
+            move |ns: &str, snapshotter: &str, p: &strata_puller::Progress| {
+                // The unpack commits in-process, not through the snapshots service.
+                for l in &p.layers {
+                    if let Some(chain) = &l.committed {
+                        events.publish(
+                            ns,
+                            strata_shim_runner::events::SNAPSHOT_COMMIT,
+                            pb_event::Event::Snapshot(spb::SnapshotEvent {
+                                snapshotter: snapshotter.to_owned(),
+                                key: String::new(),
+                                name: chain.to_string(),
+                            }),
+                        );
+                    }
+                }
+                events.publish(
+                    ns,
+                    strata_shim_runner::events::IMAGE_PULL,
+                    pb_event::Event::Image(spb::ImageEvent {
+                        name: p.name.clone(),
+                        digest: p
+                            .digest
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                    }),
+                );
+            },
+        )
     };
     let committed = {
         let events = events.clone();

@@ -153,6 +153,8 @@ pub struct LayerState {
     pub unpacked: u64,
     /// waiting | downloading | downloaded | exists | unpacking | unpacked | skipped
     pub state: &'static str,
+    /// The snapshot the layer was committed as, once unpacked (not when skipped).
+    pub committed: Option<Digest>,
 }
 
 /// A pull's progress, reported after every change.
@@ -346,6 +348,7 @@ pub fn pull(
                 fetched: 0,
                 unpacked: 0,
                 state: "waiting",
+                committed: None,
             })
             .collect();
     });
@@ -560,10 +563,13 @@ fn pull_leased(
                         index,
                         bytes,
                         skipped,
-                        ..
+                        chain_id,
                     } => report(&|p| {
                         p.layers[index].unpacked = bytes;
                         p.layers[index].state = if skipped { "skipped" } else { "unpacked" };
+                        if !skipped {
+                            p.layers[index].committed = Some(chain_id.clone());
+                        }
                     }),
                 })
             })

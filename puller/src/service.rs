@@ -46,9 +46,10 @@ impl Default for RegistrySettings {
     }
 }
 
-/// Called after each successful pull with the namespace, the image name and its digest
-/// (the daemon publishes an event with it).
-pub type PulledHook = Arc<dyn Fn(&str, &str, &str) + Send + Sync>;
+/// Called after each successful pull with the namespace, the snapshotter unpacked into
+/// (empty for a fetch only) and the final progress: the image's name and digest, and the
+/// snapshots each layer was committed as (the daemon publishes events with them).
+pub type PulledHook = Arc<dyn Fn(&str, &str, &Progress) + Send + Sync>;
 
 /// The Images service.
 #[derive(Clone)]
@@ -227,8 +228,8 @@ impl pb::images_server::Images for ImagesService {
             match pull(&rt, &client, &store, &ns, &preq, &on) {
                 Ok(p) => {
                     if let Some(hook) = &on_pulled {
-                        let digest = p.digest.as_ref().map(ToString::to_string);
-                        hook(ns.as_str(), &p.name, digest.as_deref().unwrap_or(""));
+                        let unpacked_into = if r.no_unpack { "" } else { name.as_str() };
+                        hook(ns.as_str(), unpacked_into, &p);
                     }
                     let _ = tx.blocking_send(Ok(progress_out(&p)));
                 }

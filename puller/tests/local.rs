@@ -94,7 +94,7 @@ fn diff(n: u8) -> String {
 }
 
 /// A config and a manifest of `layers` layers; returns the manifest's digest and size.
-fn image(f: &Fixture, layers: usize, diff_ids: usize, config_extra: Value) -> (Digest, usize) {
+fn image(f: &Fixture, layers: usize, diff_ids: usize, config_extra: &Value) -> (Digest, usize) {
     let mut config = json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Cmd": ["/bin/sh"]},
@@ -119,7 +119,7 @@ fn image(f: &Fixture, layers: usize, diff_ids: usize, config_extra: Value) -> (D
 #[test]
 fn a_manifest_resolves_to_its_config_and_top_chain_id() {
     let f = Fixture::new();
-    let (md, ms) = image(&f, 2, 2, json!({}));
+    let (md, ms) = image(&f, 2, 2, &json!({}));
     f.record("example.com/a:1", OCI_MANIFEST, &md, ms);
     let img = f.resolve("example.com/a:1").unwrap();
     assert_eq!(img.manifest, md);
@@ -138,8 +138,8 @@ fn a_manifest_resolves_to_its_config_and_top_chain_id() {
 #[test]
 fn an_index_resolves_to_the_platforms_manifest_and_names_are_normalised() {
     let f = Fixture::new();
-    let (amd, amd_size) = image(&f, 1, 1, json!({}));
-    let (arm, arm_size) = image(&f, 2, 2, json!({"architecture": "arm64"}));
+    let (amd, amd_size) = image(&f, 1, 1, &json!({}));
+    let (arm, arm_size) = image(&f, 2, 2, &json!({"architecture": "arm64"}));
     let (id, is) = f.json_blob(&json!({
         "schemaVersion": 2, "mediaType": OCI_INDEX,
         "manifests": [
@@ -175,7 +175,7 @@ fn hostile_documents_are_refused() {
     );
 
     // Layers and diff_ids disagree.
-    let (md, ms) = image(&f, 2, 1, json!({}));
+    let (md, ms) = image(&f, 2, 1, &json!({}));
     f.record("example.com/mismatch:1", OCI_MANIFEST, &md, ms);
     assert_eq!(
         f.resolve("example.com/mismatch:1").unwrap_err(),
@@ -183,7 +183,7 @@ fn hostile_documents_are_refused() {
     );
 
     // No layers at all.
-    let (md, ms) = image(&f, 0, 0, json!({}));
+    let (md, ms) = image(&f, 0, 0, &json!({}));
     f.record("example.com/empty:1", OCI_MANIFEST, &md, ms);
     assert_eq!(
         f.resolve("example.com/empty:1").unwrap_err(),
@@ -191,7 +191,7 @@ fn hostile_documents_are_refused() {
     );
 
     // A record claiming a manifest that is an index, and an index naming an index.
-    let (amd, amd_size) = image(&f, 1, 1, json!({}));
+    let (amd, amd_size) = image(&f, 1, 1, &json!({}));
     let (inner, inner_size) = f.json_blob(&json!({
         "schemaVersion": 2, "mediaType": OCI_INDEX,
         "manifests": [{"mediaType": OCI_MANIFEST, "digest": amd.to_string(), "size": amd_size, "platform": {"os": "linux", "architecture": "amd64"}}],

@@ -178,6 +178,8 @@ pub struct Task {
     /// The container's init.
     pub init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// Held while the init starts, so that its exit is never published before its start.
+    starting: Mutex<()>,
 }
 
 impl Task {
@@ -772,6 +774,7 @@ impl Lifecycle {
             client,
             init: Process::new(pid.as_raw() as u32, record.terminal()),
             execs: Mutex::default(),
+            starting: Mutex::default(),
         });
         lock(&self.tasks).insert((ns.to_string(), id.to_owned()), task.clone());
         self.watch_exit(&task, "");
@@ -826,6 +829,7 @@ impl Lifecycle {
                         }
                     }
                 };
+                let _started = exec_id.is_empty().then(|| lock(&t.starting));
                 if let Ok(p) = t.process(&exec_id) {
                     p.exit.send_replace(Some(exit));
                 }
@@ -840,8 +844,10 @@ impl Lifecycle {
     /// `NotFound`; `FailedPrecondition` if it is not `created`.
     pub fn start(&self, ns: &str, id: &str) -> Result<Arc<Task>> {
         let t = self.task(ns, id)?;
+        let _starting = lock(&t.starting);
         t.client.start()?;
         self.publish_task(&t, "", events::TASK_START, None);
+        drop(_starting);
         Ok(t)
     }
 
@@ -1053,6 +1059,7 @@ impl Lifecycle {
                 client,
                 init: Process::new(pid, r.terminal()),
                 execs: Mutex::default(),
+                starting: Mutex::default(),
             });
             if !alive {
                 let exit = shim::read_exit(&dir.join("init.exit")).ok().flatten();
