@@ -617,6 +617,30 @@ impl KillArgs {
     }
 }
 
+/// `strata pause ID` / `strata resume ID`.
+#[derive(Args, Debug)]
+pub(crate) struct PauseArgs {
+    /// The container.
+    id: String,
+}
+
+impl PauseArgs {
+    pub(crate) async fn run(self, c: &Client, pause: bool) -> anyhow::Result<()> {
+        let req = c.req(pb::TaskRequest {
+            container_id: self.id.clone(),
+            exec_id: String::new(),
+        });
+        let r = if pause {
+            tasks(c).pause(req).await
+        } else {
+            tasks(c).resume(req).await
+        };
+        let what = if pause { "pause" } else { "resume" };
+        r.map_err(|s| rpc(&format!("{what} {}", self.id), &s))?;
+        Ok(())
+    }
+}
+
 /// `strata rm [-f] ID...`.
 #[derive(Args, Debug)]
 pub(crate) struct RmArgs {

@@ -71,6 +71,10 @@ enum Command {
     Exec(containers::ExecArgs),
     /// Signal a container's process.
     Kill(containers::KillArgs),
+    /// Freeze every process of a container.
+    Pause(containers::PauseArgs),
+    /// Thaw a paused container.
+    Resume(containers::PauseArgs),
     /// Remove containers (their task, snapshot and logs).
     Rm(containers::RmArgs),
     /// Print a container's output.
@@ -140,6 +144,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Command::Ps(c) => c.run(&client).await,
                 Command::Exec(c) => c.run(&client).await,
                 Command::Kill(c) => c.run(&client).await,
+                Command::Pause(c) => c.run(&client, true).await,
+                Command::Resume(c) => c.run(&client, false).await,
                 Command::Rm(c) => c.run(&client).await,
                 Command::Logs(c) => c.run(&client).await,
                 Command::Events(c) => c.run(&client).await,

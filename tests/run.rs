@@ -1416,3 +1416,47 @@ fn events_follow_the_lifecycle() {
         assert_eq!(topic(&l), "/tasks/exit", "{l}");
     }
 }
+
+#[test]
+fn pause_and_resume_freeze_and_thaw_the_container() {
+    let env = Env::new("srun12");
+    let image = env.busybox();
+    let out = env.wd().join("ticks");
+    std::fs::create_dir(&out).unwrap();
+    let mount = format!("{}:/ticks", out.display());
+    env.run_ok(&[
+        "-d",
+        "--name",
+        "p",
+        "--mount",
+        &mount,
+        &image,
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i >/ticks/n; sleep 0.05; done",
+    ]);
+    env.wait_status("p", "running");
+    let ticks = || std::fs::read_to_string(out.join("n")).unwrap_or_default();
+    wait_for(
+        || "the first tick".into(),
+        || (!ticks().is_empty()).then_some(()),
+    );
+    env.ok(&["pause", "p"]);
+    env.wait_status("p", "paused");
+    // Frozen: the counter stays put (a second pause is refused, not an error that kills it).
+    let frozen = ticks();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ticks(), frozen, "the counter moved while paused");
+    let again = env.cli(&["pause", "p"]);
+    assert!(!again.status.success(), "{}", show(&again));
+    env.ok(&["resume", "p"]);
+    env.wait_status("p", "running");
+    wait_for(
+        || format!("the counter to move past {frozen:?}"),
+        || (ticks() != frozen).then_some(()),
+    );
+    env.ok(&["kill", "--signal", "KILL", "p"]);
+    env.wait_status("p", "exited (137)");
+    env.ok(&["rm", "p"]);
+    env.assert_nothing_left();
+}
