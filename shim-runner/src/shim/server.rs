@@ -98,7 +98,7 @@ impl Files {
 
 /// Runs the shim; returns the process's exit code (it only returns on failure: a
 /// `delete` of the init ends the process from its connection thread).
-pub fn main(args: Args) -> i32 {
+pub fn main(args: &Args) -> i32 {
     // Own session: a daemon's process group (Ctrl-C, a group kill) never reaches us.
     // EPERM means the spawner made us a group leader already; a session of our own is
     // still what we want, but nothing else can be done about it.
@@ -117,7 +117,7 @@ pub fn main(args: Args) -> i32 {
         args.namespace,
         args.state_dir.display()
     );
-    match boot(&args, &files) {
+    match boot(args, &files) {
         Ok((shim, listener)) => {
             handshake(&Handshake::Ready {
                 pid: shim.init.pid.as_raw() as u32,
