@@ -405,6 +405,28 @@ fn garbage_and_dropped_connections_do_not_hurt_the_shim() {
     }
     assert!(c.alive());
     assert_eq!(c.state("").unwrap().status, "running");
+    // Waiters that hang up leave no thread behind in the shim.
+    let shim = f.shim_pid().unwrap();
+    // The connection threads ("conn"); the earlier dropped wait's ends within a second.
+    let conns = || {
+        fs::read_dir(format!("/proc/{shim}/task"))
+            .unwrap()
+            .filter(|t| {
+                let comm = fs::read_to_string(t.as_ref().unwrap().path().join("comm"));
+                comm.is_ok_and(|c| c.trim() == "conn")
+            })
+            .count()
+    };
+    let waiters: Vec<_> = (0..5)
+        .map(|_| {
+            let mut s = UnixStream::connect(f.state.join("shim.sock")).unwrap();
+            s.write_all(b"{\"op\":\"wait\"}\n").unwrap();
+            s
+        })
+        .collect();
+    eventually("five waits to be served", || conns() == 5);
+    drop(waiters);
+    eventually("the waiting threads to end", || conns() == 0);
     c.kill("", 9, false).unwrap();
     assert_eq!(c.wait("").unwrap().exit_status, 137);
     c.delete("").unwrap();
