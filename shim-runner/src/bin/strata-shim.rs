@@ -7,7 +7,7 @@ use clap::Parser;
 use strata_shim_runner::shim::server;
 
 /// The per-container shim of strata: creates the container with runc, keeps its output and
-/// exit status, and serves the daemon on <state>/shim.sock.
+/// exit status, and serves the daemon on `<state>/shim.sock`.
 #[derive(Parser)]
 #[command(name = "strata-shim")]
 struct Cli {
@@ -39,7 +39,7 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    let code = server::main(server::Args {
+    let code = server::main(&server::Args {
         id: cli.id,
         namespace: cli.namespace,
         state_dir: cli.state,

@@ -256,6 +256,8 @@ mod tests {
                 exec_id: String::new()
             }
         );
+        let r: Request = serde_json::from_str(r#"{"op":"pause","exec_id":""}"#).unwrap();
+        assert_eq!(r, Request::Pause);
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"kill"}"#).is_err());
     }

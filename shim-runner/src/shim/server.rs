@@ -10,6 +10,12 @@
 //!             ─> <name>.exit (tmp, fsync, rename, fsync dir) ─> wake waiters
 //! ```
 //!
+//! Orphans: a subreaper inherits every orphan below it. With a PID namespace (what
+//! `spec::generate` gives) the container's orphans go to its init, and all die with it;
+//! only a container sharing the host's PID namespace can leave orphans to the shim, and
+//! those stay zombies until the shim exits (reaping them would need one `waitpid(-1)`
+//! loop that also owns runc's own children, which the runc driver waits for itself).
+//!
 //! The process table is small: the init and the execs by id. The only lock held across a
 //! blocking call is the init's phase lock (around `runc start`/`delete`) and a process's
 //! state lock around `kill(2)`, so that a signal never reaches a pid reused after the
@@ -52,6 +58,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the shim waits for runc to connect to a console socket after runc returned.
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a blocked `wait` checks whether its client is still there.
+const HANGUP_POLL: Duration = Duration::from_secs(1);
 
 /// The stack of the shim's helper threads: they only copy and wait.
 const THREAD_STACK: usize = 256 * 1024;
@@ -98,7 +107,7 @@ impl Files {
 
 /// Runs the shim; returns the process's exit code (it only returns on failure: a
 /// `delete` of the init ends the process from its connection thread).
-pub fn main(args: Args) -> i32 {
+pub fn main(args: &Args) -> i32 {
     // Own session: a daemon's process group (Ctrl-C, a group kill) never reaches us.
     // EPERM means the spawner made us a group leader already; a session of our own is
     // still what we want, but nothing else can be done about it.
@@ -117,7 +126,7 @@ pub fn main(args: Args) -> i32 {
         args.namespace,
         args.state_dir.display()
     );
-    match boot(&args, &files) {
+    match boot(args, &files) {
         Ok((shim, listener)) => {
             handshake(&Handshake::Ready {
                 pid: shim.init.pid.as_raw() as u32,
@@ -211,6 +220,25 @@ impl Process {
                 return e;
             }
             s = self.exited.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Blocks until the exit status is saved, or (`None`) until `client` hangs up: a
+    /// daemon that restarts many times leaves no threads behind waiting for nobody.
+    fn wait_for(&self, client: &UnixStream) -> Option<Exit> {
+        let mut s = self.lock();
+        loop {
+            if let Some(e) = s.exit {
+                return Some(e);
+            }
+            if hung_up(client) {
+                return None;
+            }
+            s = self
+                .exited
+                .wait_timeout(s, HANGUP_POLL)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -426,6 +454,18 @@ fn receive_fd(stream: &UnixStream) -> io::Result<OwnedFd> {
         ));
     }
     Ok(received.swap_remove(0))
+}
+
+/// Whether the peer of `stream` closed its end (it sends nothing after its request).
+fn hung_up(stream: &UnixStream) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: pfd is one valid pollfd; a zero timeout does not block.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// Sets a terminal's window size.
@@ -693,6 +733,14 @@ impl Shim {
         };
         match req {
             Request::Attach { exec_id } => self.attach(&exec_id, stream),
+            Request::Wait { exec_id } => match self.process(&exec_id) {
+                Ok(p) => {
+                    if let Some(exit) = p.wait_for(&stream) {
+                        respond(&stream, Ok(to_value(&exit)));
+                    }
+                }
+                Err(e) => respond(&stream, Err(e)),
+            },
             Request::Delete { exec_id } if exec_id.is_empty() => {
                 let r = self.delete_init();
                 let deleted = r.is_ok();
@@ -725,7 +773,6 @@ impl Shim {
         match req {
             Request::Start { exec_id } => self.start(&exec_id).map(|()| empty()),
             Request::State { exec_id } => self.state(&exec_id).map(|s| to_value(&s)),
-            Request::Wait { exec_id } => Ok(to_value(&self.process(&exec_id)?.wait())),
             Request::Kill {
                 exec_id,
                 signal,
@@ -755,7 +802,9 @@ impl Shim {
                 set_window_size(p.console()?, width, height).map(|()| empty())
             }
             Request::Delete { exec_id } => self.delete_exec(&exec_id).map(|e| to_value(&e)),
-            Request::Attach { .. } | Request::Shutdown => unreachable!("handled by connection"),
+            Request::Attach { .. } | Request::Wait { .. } | Request::Shutdown => {
+                unreachable!("handled by connection")
+            }
         }
     }
 
