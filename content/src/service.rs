@@ -312,12 +312,29 @@ impl pb::content_server::Content for ContentService {
     ) -> Result<Response<Self::WriteStream>, GrpcStatus> {
         let scope = scope_from_metadata(req.metadata())?;
         let store = self.store.get("content store").await?;
-        let inbound = req.into_inner();
+        let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(2);
+        // The network side reads ahead of the writer: the next messages are received and
+        // decoded while the current one is hashed and written.
+        let (req_tx, req_rx) = mpsc::channel(WRITE_READ_AHEAD);
         tokio::spawn(async move {
-            if let Err(s) = write_session(store, scope, inbound, &tx).await {
+            loop {
+                let next = inbound.message().await;
+                let end = !matches!(next, Ok(Some(_)));
+                let item = match next {
+                    Ok(Some(m)) => Ok(m),
+                    Ok(None) => return,
+                    Err(e) => Err(e),
+                };
+                if req_tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        tokio::task::spawn_blocking(move || {
+            if let Err(s) = write_session(&store, &scope, req_rx, &tx) {
                 debug!(code = ?s.code(), message = s.message(), "write session failed");
-                let _ = tx.send(Err(s)).await;
+                let _ = tx.blocking_send(Err(s));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -337,26 +354,30 @@ fn non_negative(v: i64, what: &str) -> Result<u64, GrpcStatus> {
         .map_err(|_| GrpcStatus::invalid_argument(format!("{what} must not be negative")))
 }
 
+/// Write messages received ahead of the one being written (1 MiB each from containerd).
+const WRITE_READ_AHEAD: usize = 4;
+
 /// One Write stream, as containerd's content service runs it: the first message names the
 /// ref and opens (and locks) the writer for the whole session; every message is answered
 /// with the current offset and digest; the writer is closed when the client ends the
-/// stream, before the response stream ends.
-async fn write_session(
-    store: LocalStore,
-    scope: Scope,
-    mut inbound: Streaming<pb::WriteContentRequest>,
+/// stream, before the response stream ends. Runs on one blocking thread for the session.
+fn write_session(
+    store: &LocalStore,
+    scope: &Scope,
+    mut inbound: mpsc::Receiver<Result<pb::WriteContentRequest, GrpcStatus>>,
     tx: &mpsc::Sender<Result<pb::WriteContentResponse, GrpcStatus>>,
 ) -> Result<(), GrpcStatus> {
-    let Some(mut req) = inbound.message().await? else {
+    let Some(first) = inbound.blocking_recv() else {
         return Ok(());
     };
+    let req = first?;
     if req.r#ref.is_empty() {
         return Err(GrpcStatus::invalid_argument(
             "first message must have a reference",
         ));
     }
-    let mut total = non_negative(req.total, "total")?;
-    let mut expected = match req.expected.as_str() {
+    let total = non_negative(req.total, "total")?;
+    let expected = match req.expected.as_str() {
         "" => None,
         s => Some(parse_digest(s)?),
     };
@@ -365,8 +386,23 @@ async fn write_session(
         total,
         expected: expected.clone(),
     };
-    let (s, sc) = (store.clone(), scope.clone());
-    let mut wr: Box<dyn Writer> = blocking(move || s.writer(&sc, opts)).await?;
+    let mut wr = store.writer(scope, opts).map_err(|e| status(&e))?;
+    let served = serve_writes(&mut *wr, req, total, expected, &mut inbound, tx);
+    if let Err(e) = wr.close() {
+        debug!(error = %e, "closing writer");
+    }
+    served
+}
+
+/// Answers `req` and every message after it until the client ends the stream.
+fn serve_writes(
+    wr: &mut dyn Writer,
+    mut req: pb::WriteContentRequest,
+    mut total: u64,
+    mut expected: Option<Digest>,
+    inbound: &mut mpsc::Receiver<Result<pb::WriteContentRequest, GrpcStatus>>,
+    tx: &mpsc::Sender<Result<pb::WriteContentResponse, GrpcStatus>>,
+) -> Result<(), GrpcStatus> {
     loop {
         let ws = wr.status().map_err(|e| status(&e))?;
         let mut msg = pb::WriteContentResponse {
@@ -397,55 +433,27 @@ async fn write_session(
                         req.offset, ws.offset
                     )));
                 }
-                let truncate = req.offset == 0 && ws.offset > 0;
-                let data = std::mem::take(&mut req.data);
-                let commit = (action == pb::WriteAction::Commit).then(|| {
-                    (
-                        total,
-                        expected.clone(),
-                        labels_in(std::mem::take(&mut req.labels)),
-                    )
-                });
-                let (w, res) = tokio::task::spawn_blocking(move || {
-                    let res = (|| -> Result<u64> {
-                        if truncate {
-                            wr.truncate(0)?;
-                        }
-                        wr.write(&data)?;
-                        let off = wr.status()?.offset;
-                        if let Some((size, exp, labels)) = commit {
-                            wr.commit(size, exp.as_ref(), labels)?;
-                        }
-                        Ok(off)
-                    })();
-                    (wr, res)
-                })
-                .await
-                .map_err(|e| GrpcStatus::internal(format!("write task failed: {e}")))?;
-                wr = w;
-                msg.offset = i64::try_from(res.map_err(|e| status(&e))?).unwrap_or(i64::MAX);
+                if req.offset == 0 && ws.offset > 0 {
+                    wr.truncate(0).map_err(|e| status(&e))?;
+                }
+                wr.write(&req.data).map_err(|e| status(&e))?;
+                let off = wr.status().map_err(|e| status(&e))?.offset;
+                if action == pb::WriteAction::Commit {
+                    let labels = labels_in(std::mem::take(&mut req.labels));
+                    wr.commit(total, expected.as_ref(), labels)
+                        .map_err(|e| status(&e))?;
+                }
+                msg.offset = i64::try_from(off).unwrap_or(i64::MAX);
                 msg.digest = wr.digest().to_string();
             }
         }
-        if tx.send(Ok(msg)).await.is_err() {
-            break;
+        if tx.blocking_send(Ok(msg)).is_err() {
+            return Ok(());
         }
-        match inbound.message().await {
-            Ok(Some(next)) => req = next,
-            Ok(None) => break,
-            Err(e) => {
-                close_writer(wr).await;
-                return Err(e);
-            }
+        match inbound.blocking_recv() {
+            Some(next) => req = next?,
+            None => return Ok(()),
         }
-    }
-    close_writer(wr).await;
-    Ok(())
-}
-
-async fn close_writer(wr: Box<dyn Writer>) {
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || wr.close()).await {
-        debug!(error = %e, "closing writer");
     }
 }
 
