@@ -25,8 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -207,11 +206,7 @@ impl Task {
 
 /// The output log of a process in a container directory (empty exec id = the init).
 pub fn log_path(dir: &Path, exec_id: &str) -> PathBuf {
-    if exec_id.is_empty() {
-        dir.join("init.log")
-    } else {
-        dir.join(format!("exec-{exec_id}.log"))
-    }
+    shim::log_path(dir, exec_id)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -812,7 +807,7 @@ impl Lifecycle {
                 let exit = match t.client.wait(&exec_id) {
                     Ok(e) => e,
                     Err(err) => {
-                        let saved = exit_path(&t.dir, &exec_id);
+                        let saved = shim::exit_path(&t.dir, &exec_id);
                         match shim::read_exit(&saved) {
                             Ok(Some(e)) => e,
                             _ => {
@@ -1029,7 +1024,7 @@ impl Lifecycle {
 
     /// The exit saved for container `id`'s last task (its init), if any.
     pub fn last_exit(&self, ns: &str, id: &str) -> Option<Exit> {
-        shim::read_exit(&self.container_dir(ns, id).join("init.exit"))
+        shim::read_exit(&shim::exit_path(&self.container_dir(ns, id), ""))
             .ok()
             .flatten()
     }
@@ -1062,7 +1057,7 @@ impl Lifecycle {
                 starting: Mutex::default(),
             });
             if !alive {
-                let exit = shim::read_exit(&dir.join("init.exit")).ok().flatten();
+                let exit = shim::read_exit(&shim::exit_path(&dir, "")).ok().flatten();
                 task.init.exit.send_replace(Some(exit.unwrap_or(Exit {
                     exit_status: 255,
                     exited_at_unix_nanos: strata_proto::time::to_nanos(SystemTime::now()),
@@ -1076,14 +1071,6 @@ impl Lifecycle {
             found += 1;
         }
         Ok(found)
-    }
-}
-
-fn exit_path(dir: &Path, exec_id: &str) -> PathBuf {
-    if exec_id.is_empty() {
-        dir.join("init.exit")
-    } else {
-        dir.join(format!("exec-{exec_id}.exit"))
     }
 }
 
@@ -1117,23 +1104,7 @@ fn read_record(path: &Path) -> Result<Option<ContainerRecord>> {
     })
 }
 
-/// Writes `path` so that a crash leaves the old content or the new, never a mix.
+/// [`shim::write_atomic`] with this crate's error.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let done = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(parent) = path.parent() {
-            fs::File::open(parent)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    done.map_err(|e: std::io::Error| io_error(format!("write {}", path.display()), e))
+    shim::write_atomic(path, data).map_err(|e| io_error(format!("write {}", path.display()), e))
 }

@@ -61,6 +61,49 @@ pub mod server;
 pub use client::{ProcessState, ShimClient, SpawnOptions, default_shim_binary, read_exit, spawn};
 pub use protocol::Exit;
 
+/// The output log of process `exec_id` (empty: the init) in a state directory.
+pub fn log_path(state: &Path, exec_id: &str) -> PathBuf {
+    process_file(state, exec_id, "log")
+}
+
+/// The saved exit status of process `exec_id` (empty: the init) in a state directory.
+pub fn exit_path(state: &Path, exec_id: &str) -> PathBuf {
+    process_file(state, exec_id, "exit")
+}
+
+/// `init.<ext>`, or `exec-<id>.<ext>` for an exec (its id already validated).
+pub(crate) fn process_file(state: &Path, exec_id: &str, ext: &str) -> PathBuf {
+    if exec_id.is_empty() {
+        state.join(format!("init.{ext}"))
+    } else {
+        state.join(format!("exec-{exec_id}.{ext}"))
+    }
+}
+
+/// Writes `path` so that a crash leaves its old content or the new, never a mix: a
+/// temporary file (mode 0600) is written and fsynced, renamed over `path`, and the
+/// directory fsynced.
+///
+/// # Errors
+/// The I/O error of any step.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
 /// The longest path bound or connected to directly; `sun_path` holds 108 bytes.
 const MAX_SOCKET_PATH: usize = 100;
 

@@ -486,25 +486,6 @@ fn set_window_size(master: &File, width: u16, height: u16) -> Result<()> {
     Ok(())
 }
 
-/// Writes `data` to `path` atomically and durably: a temp file, fsync, rename, fsync of
-/// the directory.
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    File::open(dir)?.sync_all()
-}
-
 fn now_unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -554,7 +535,7 @@ fn start_reaper(name: &str, p: &Arc<Process>, drain: Drain) -> Result<()> {
         // a few times; after that the waiters are told anyway (the daemon holds it then).
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=5 {
-            match write_atomic(&p.exit_file, &json) {
+            match super::write_atomic(&p.exit_file, &json) {
                 Ok(()) => break,
                 Err(e) => {
                     eprintln!(
@@ -587,7 +568,7 @@ fn boot(args: &Args, files: &Files) -> Result<(Arc<Shim>, UnixListener)> {
         .map_err(internal(format!("binding {}", sock.display())))?;
     fs::set_permissions(&sock, fs::Permissions::from_mode(0o600))
         .map_err(internal(format!("chmod {}", sock.display())))?;
-    write_atomic(&files.pid(), format!("{}\n", std::process::id()).as_bytes())
+    super::write_atomic(&files.pid(), format!("{}\n", std::process::id()).as_bytes())
         .map_err(internal(format!("writing {}", files.pid().display())))?;
 
     let runc = Runc {
@@ -595,7 +576,7 @@ fn boot(args: &Args, files: &Files) -> Result<(Arc<Shim>, UnixListener)> {
         root: args.runc_root.clone(),
         log: Some(files.path("runc.log")),
     };
-    let log = open_log(&files.path("init.log"))?;
+    let log = open_log(&super::log_path(&files.dir, ""))?;
     let pid_file = files.path("init.pid");
     let (pid, console, drain) = match args.terminal {
         None => {
@@ -643,7 +624,7 @@ fn boot(args: &Args, files: &Files) -> Result<(Arc<Shim>, UnixListener)> {
     };
     let init = Arc::new(Process {
         pid,
-        exit_file: files.path("init.exit"),
+        exit_file: super::exit_path(&files.dir, ""),
         console,
         state: Mutex::new(ProcState::default()),
         exited: Condvar::new(),
@@ -973,10 +954,10 @@ impl Shim {
         let f = &self.files;
         let json_path = f.path(&format!("exec-{exec_id}.json"));
         let json = serde_json::to_vec(process).expect("a JSON value serializes");
-        write_atomic(&json_path, &json)
+        super::write_atomic(&json_path, &json)
             .map_err(internal(format!("writing {}", json_path.display())))?;
         let pid_file = f.path(&format!("exec-{exec_id}.pid"));
-        let log = open_log(&f.path(&format!("exec-{exec_id}.log")))?;
+        let log = open_log(&super::log_path(&f.dir, exec_id))?;
         let name = format!("exec-{exec_id}");
         let (pid, console, drain) = if tty {
             // Named by a counter, not the exec id: a socket path is short (108 bytes).
@@ -1027,7 +1008,7 @@ impl Shim {
         };
         let p = Arc::new(Process {
             pid,
-            exit_file: f.path(&format!("exec-{exec_id}.exit")),
+            exit_file: super::exit_path(&f.dir, exec_id),
             console,
             state: Mutex::new(ProcState::default()),
             exited: Condvar::new(),
