@@ -1460,3 +1460,61 @@ fn pause_and_resume_freeze_and_thaw_the_container() {
     env.ok(&["rm", "p"]);
     env.assert_nothing_left();
 }
+
+#[test]
+fn exec_processes_are_found_again_after_a_daemon_restart() {
+    let mut env = Env::new("srun13");
+    let image = env.busybox();
+    env.run_ok(&["-d", "--name", "x", &image, "sleep", "1000"]);
+    env.wait_status("x", "running");
+    env.ok(&[
+        "exec",
+        "-d",
+        "--exec-id",
+        "long",
+        "x",
+        "sh",
+        "-c",
+        "echo started; sleep 1000",
+    ]);
+    env.ok(&[
+        "exec",
+        "-d",
+        "--exec-id",
+        "quick",
+        "x",
+        "sh",
+        "-c",
+        "echo quick; exit 6",
+    ]);
+    // A followed log ends once the exec has exited.
+    env.ok(&["logs", "-f", "--exec-id", "quick", "x"]);
+
+    env.d.kill9();
+    env.d.restart(&[]);
+    env.wait_status("x", "running");
+    // The finished exec is known with its exit, not an unknown id.
+    let k = env.cli(&["kill", "--exec-id", "quick", "x"]);
+    assert!(!k.status.success(), "{}", show(&k));
+    assert!(
+        String::from_utf8_lossy(&k.stderr).contains("already finished"),
+        "{}",
+        show(&k)
+    );
+    let unknown = env.cli(&["kill", "--exec-id", "never", "x"]);
+    assert!(!unknown.status.success(), "{}", show(&unknown));
+    assert!(
+        !String::from_utf8_lossy(&unknown.stderr).contains("already finished"),
+        "{}",
+        show(&unknown)
+    );
+    // The running one can still be signalled, and its exit is heard: a followed log ends.
+    env.ok(&["kill", "--signal", "KILL", "--exec-id", "long", "x"]);
+    let logs = env.ok(&["logs", "-f", "--exec-id", "long", "x"]);
+    assert_eq!(stdout(&logs), "started\n", "{}", show(&logs));
+    let quick = env.ok(&["logs", "--exec-id", "quick", "x"]);
+    assert_eq!(stdout(&quick), "quick\n", "{}", show(&quick));
+
+    env.ok(&["rm", "-f", "x"]);
+    env.assert_nothing_left();
+}

@@ -1067,11 +1067,76 @@ impl Lifecycle {
             if alive {
                 self.watch_exit(&task, "");
             }
+            self.recover_execs(&task, alive);
             info!(namespace = %r.namespace, id = %r.id, pid, alive, "task recovered");
             found += 1;
         }
         Ok(found)
     }
+}
+
+impl Lifecycle {
+    /// The processes exec'd into `task` that were not deleted, from the pid files the
+    /// shim keeps until then: each gets the exit the shim saved, or is watched again (a
+    /// live shim still reaps it), or, with the shim gone and no saved exit, 255.
+    fn recover_execs(self: &Arc<Self>, task: &Arc<Task>, alive: bool) {
+        let Ok(entries) = fs::read_dir(&task.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(exec_id) = name
+                .strip_prefix("exec-")
+                .and_then(|n| n.strip_suffix(".pid"))
+            else {
+                continue;
+            };
+            if strata_content::api::validate_identifier("exec id", exec_id).is_err() {
+                continue;
+            }
+            let Some(pid) = read_small(&e.path()).and_then(|b| {
+                std::str::from_utf8(&b)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<u32>().ok())
+            }) else {
+                continue;
+            };
+            let terminal = read_small(&shim::process_file(&task.dir, exec_id, "json"))
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v.get("terminal").and_then(serde_json::Value::as_bool))
+                .unwrap_or(false);
+            let p = Process::new(pid, terminal);
+            lock(&task.execs).insert(exec_id.to_owned(), p.clone());
+            match shim::read_exit(&shim::exit_path(&task.dir, exec_id))
+                .ok()
+                .flatten()
+            {
+                Some(exit) => {
+                    p.exit.send_replace(Some(exit));
+                }
+                None if alive => self.watch_exit(task, exec_id),
+                None => {
+                    p.exit.send_replace(Some(Exit {
+                        exit_status: 255,
+                        exited_at_unix_nanos: strata_proto::time::to_nanos(SystemTime::now()),
+                    }));
+                }
+            }
+            info!(id = %task.id, exec_id, pid, "exec recovered");
+        }
+    }
+}
+
+/// A file the shim wrote, read whole if it is at most 1 MiB.
+fn read_small(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    fs::File::open(path)
+        .ok()?
+        .take((1 << 20) + 1)
+        .read_to_end(&mut buf)
+        .ok()?;
+    (buf.len() <= 1 << 20).then_some(buf)
 }
 
 fn remove_exec_files(dir: &Path) {
