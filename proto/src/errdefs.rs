@@ -42,6 +42,26 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 16] = [
+        ErrorKind::NotFound,
+        ErrorKind::AlreadyExists,
+        ErrorKind::FailedPrecondition,
+        ErrorKind::InvalidArgument,
+        ErrorKind::Unavailable,
+        ErrorKind::OutOfRange,
+        ErrorKind::ResourceExhausted,
+        ErrorKind::PermissionDenied,
+        ErrorKind::Unauthenticated,
+        ErrorKind::Unimplemented,
+        ErrorKind::Aborted,
+        ErrorKind::Canceled,
+        ErrorKind::DeadlineExceeded,
+        ErrorKind::DataLoss,
+        ErrorKind::Internal,
+        ErrorKind::Unknown,
+    ];
+
     /// The gRPC status code for this kind.
     pub fn code(self) -> tonic::Code {
         use tonic::Code;
@@ -101,6 +121,11 @@ pub fn status_from_error<E>(err: &E) -> tonic::Status
 where
     E: HasKind + Error + ?Sized,
 {
+    tonic::Status::new(err.kind().code(), error_chain(err))
+}
+
+/// An error's message and those of its causes, joined by `": "` (containerd's style).
+pub fn error_chain<E: Error + ?Sized>(err: &E) -> String {
     let mut msg = err.to_string();
     let mut src = err.source();
     while let Some(s) = src {
@@ -108,7 +133,7 @@ where
         msg.push_str(&s.to_string());
         src = s.source();
     }
-    tonic::Status::new(err.kind().code(), msg)
+    msg
 }
 
 /// The kind of an error received over gRPC.
@@ -122,25 +147,7 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips_through_its_code() {
-        let kinds = [
-            ErrorKind::NotFound,
-            ErrorKind::AlreadyExists,
-            ErrorKind::FailedPrecondition,
-            ErrorKind::InvalidArgument,
-            ErrorKind::Unavailable,
-            ErrorKind::OutOfRange,
-            ErrorKind::ResourceExhausted,
-            ErrorKind::PermissionDenied,
-            ErrorKind::Unauthenticated,
-            ErrorKind::Unimplemented,
-            ErrorKind::Aborted,
-            ErrorKind::Canceled,
-            ErrorKind::DeadlineExceeded,
-            ErrorKind::DataLoss,
-            ErrorKind::Internal,
-            ErrorKind::Unknown,
-        ];
-        for k in kinds {
+        for k in ErrorKind::ALL {
             assert_eq!(ErrorKind::from_code(k.code()), k);
         }
     }

@@ -28,7 +28,7 @@ pub mod time;
 pub mod transport;
 
 pub use digest::{Algorithm, Digest, DigestError};
-pub use errdefs::{ErrorKind, HasKind, kind_from_status, status_from_error};
+pub use errdefs::{ErrorKind, HasKind, error_chain, kind_from_status, status_from_error};
 
 /// Generated code for containerd's proto packages.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

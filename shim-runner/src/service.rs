@@ -15,7 +15,7 @@ use strata_proto::filter::{Adaptor, Filter, label_field};
 use strata_proto::serve::blocking;
 use strata_proto::strata::v1 as pb;
 use strata_proto::time::{from_nanos, to_timestamp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,6 +25,7 @@ use crate::error::{Error, ErrorKind};
 use crate::events;
 use crate::lifecycle::{ContainerRecord, CreateContainer, ExecProcess, Lifecycle, TaskState};
 use crate::shim::Exit;
+use crate::shim::log::FrameReader;
 
 /// How often a followed log is read again while its process runs.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(20);
@@ -444,9 +445,10 @@ impl pb::tasks_server::Tasks for TasksService {
             None
         };
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
-            if let Err(e) = stream_log(&path, exit, &tx).await {
-                let _ = tx.send(Err(e)).await;
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = stream_log(&rt, &path, exit, &tx) {
+                let _ = tx.blocking_send(Err(e));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -485,65 +487,43 @@ impl pb::tasks_server::Tasks for TasksService {
 
 /// Sends the frames of the log at `path`; with `exit`, keeps reading until the process
 /// has exited (the shim has drained its output by then) and the file is read to its end.
-async fn stream_log(
+/// Blocking; waits on `rt`.
+fn stream_log(
+    rt: &tokio::runtime::Handle,
     path: &std::path::Path,
     mut exit: Option<tokio::sync::watch::Receiver<Option<Exit>>>,
     tx: &mpsc::Sender<Result<pb::LogChunk, Status>>,
 ) -> Result<(), Status> {
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Status::internal(format!("open log: {e}"))),
-    };
-    let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut reader: Option<FrameReader<std::fs::File>> = None;
     loop {
         let exited = exit.as_ref().is_none_or(|rx| rx.borrow().is_some());
-        if file.is_none() {
-            file = tokio::fs::File::open(path).await.ok();
+        if reader.is_none() {
+            reader = match std::fs::File::open(path) {
+                Ok(f) => Some(FrameReader::new(f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Status::internal(format!("open log: {e}"))),
+            };
         }
-        if let Some(f) = file.as_mut() {
-            loop {
-                let n = f
-                    .read(&mut chunk)
-                    .await
-                    .map_err(|e| Status::internal(format!("read log: {e}")))?;
-                if n == 0 {
-                    break;
+        if let Some(r) = reader.as_mut() {
+            while let Some((stream, data)) = r
+                .next_frame()
+                .map_err(|e| Status::internal(format!("read log: {e}")))?
+            {
+                let chunk = pb::LogChunk {
+                    stream: u32::from(stream),
+                    data,
+                };
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    return Ok(());
                 }
-                buf.extend_from_slice(&chunk[..n]);
-                let mut off = 0;
-                while let Some((stream, data, used)) = parse_frame(&buf[off..]) {
-                    off += used;
-                    let msg = pb::LogChunk {
-                        stream: u32::from(stream),
-                        data: data.to_vec(),
-                    };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                buf.drain(..off);
             }
         }
         if exited {
             return Ok(());
         }
         let rx = exit.as_mut().expect("not exited means followed");
-        tokio::select! {
-            _ = rx.changed() => {}
-            () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
-        }
+        let _ = rt.block_on(tokio::time::timeout(FOLLOW_INTERVAL, rx.changed()));
     }
-}
-
-/// The first complete frame of a log (`[stream, 0, 0, 0, len: u32 BE]` + data): its
-/// stream, its data and the bytes it took; `None` if `b` does not hold a whole one yet.
-fn parse_frame(b: &[u8]) -> Option<(u8, &[u8], usize)> {
-    let header: [u8; 8] = b.get(..8)?.try_into().ok()?;
-    let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
-    let data = b.get(8..8 + len)?;
-    Some((header[0], data, 8 + len))
 }
 
 /// The Events service.

@@ -118,26 +118,6 @@ pub struct WireError {
     pub message: String,
 }
 
-/// Every kind, to turn names back into kinds.
-const KINDS: [ErrorKind; 16] = [
-    ErrorKind::NotFound,
-    ErrorKind::AlreadyExists,
-    ErrorKind::FailedPrecondition,
-    ErrorKind::InvalidArgument,
-    ErrorKind::Unavailable,
-    ErrorKind::OutOfRange,
-    ErrorKind::ResourceExhausted,
-    ErrorKind::PermissionDenied,
-    ErrorKind::Unauthenticated,
-    ErrorKind::Unimplemented,
-    ErrorKind::Aborted,
-    ErrorKind::Canceled,
-    ErrorKind::DeadlineExceeded,
-    ErrorKind::DataLoss,
-    ErrorKind::Internal,
-    ErrorKind::Unknown,
-];
-
 /// A kind's name on the wire: its variant name.
 pub fn kind_name(kind: ErrorKind) -> String {
     format!("{kind:?}")
@@ -145,7 +125,7 @@ pub fn kind_name(kind: ErrorKind) -> String {
 
 /// The kind named `name`; `Unknown` for a name this version does not know.
 pub fn kind_from_name(name: &str) -> ErrorKind {
-    KINDS
+    ErrorKind::ALL
         .into_iter()
         .find(|k| kind_name(*k) == name)
         .unwrap_or(ErrorKind::Unknown)
@@ -153,14 +133,7 @@ pub fn kind_from_name(name: &str) -> ErrorKind {
 
 /// `e`'s message and those of its causes, joined by `": "`.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    strata_proto::error_chain(e)
 }
 
 impl WireError {
@@ -284,7 +257,7 @@ mod tests {
 
     #[test]
     fn every_kind_has_a_name() {
-        for k in KINDS {
+        for k in ErrorKind::ALL {
             assert_eq!(kind_from_name(&kind_name(k)), k);
         }
         assert_eq!(kind_from_name("Whatever"), ErrorKind::Unknown);
