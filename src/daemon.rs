@@ -453,10 +453,10 @@ fn open_backends(root: &Path, snaps: &SnapshotOptions) -> anyhow::Result<Backend
 fn collect(
     store: &LocalStore,
     backends: &Backends,
-) -> Result<(strata_content::GcReport, usize), strata_puller::PullError> {
+) -> strata_proto::Result<(strata_content::GcReport, usize)> {
     let r = store
         .garbage_collect()
-        .map_err(|e| strata_puller::PullError::from_content("collect content", e))?;
+        .map_err(|e| e.context("collect content"))?;
     let mut snapshots = 0;
     let mut names: Vec<&String> = backends.by_name.keys().collect();
     names.sort();

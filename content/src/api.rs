@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use strata_proto::{Digest, MAX_LABEL_SIZE};
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// Labels of an object, ordered by key.
 pub type Labels = BTreeMap<String, String>;

@@ -24,7 +24,7 @@ use crate::api::{
     Info, IngestManager, Ingester, Labels, Lease, LeaseManager, Manager, Provider, Resource, Scope,
     Status, Writer, WriterOptions,
 };
-use crate::error::{Error, ErrorKind, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// A content store reached over gRPC.
 #[derive(Clone)]

@@ -14,9 +14,9 @@ use strata_proto::filter::{Adaptor, Filter, label_field};
 use strata_proto::time::{from_nanos, to_nanos};
 
 use crate::api::{Labels, Namespace, validate_labels};
-use crate::error::{Error, ErrorKind, Result};
 use crate::meta::{self, enc};
 use crate::store::LocalStore;
+use crate::{Error, ErrorKind, Result};
 
 /// Longest image name accepted, in bytes.
 pub const MAX_IMAGE_NAME: usize = 4096;

@@ -27,9 +27,9 @@ use tracing::{debug, info};
 use crate::api::{
     Labels, Lease, LeaseManager, Resource, Scope, validate_identifier, validate_labels,
 };
-use crate::error::{Error, Result};
 use crate::meta::{self, ContentRecord, LeaseRecord, enc};
 use crate::store::{LocalStore, ns_str, parse_filters};
+use crate::{Error, Result};
 
 /// Label on an object that keeps it (and what it references) from collection.
 pub const GC_ROOT: &str = "containerd.io/gc.root";

@@ -21,7 +21,7 @@
 
 pub mod api;
 mod client;
-mod error;
+
 pub mod images;
 mod leases;
 mod meta;
@@ -34,8 +34,8 @@ pub use api::{
     Provider, Resource, Scope, Status, Writer, WriterOptions,
 };
 pub use client::GrpcStore;
-pub use error::{Error, ErrorKind, Result};
 pub use images::{Image, Target};
 pub use leases::{GC_EXPIRE, GC_FLAT, GC_REF_CONTENT, GC_ROOT, GcReport, parse_rfc3339};
 pub use meta::open_versioned as open_versioned_db;
 pub use store::{LocalStore, SHAREABLE_LABEL, SharingPolicy, StoreOptions};
+pub use strata_proto::{Error, ErrorKind, Result, ResultExt};

@@ -24,7 +24,7 @@ use prost::Message;
 use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
 
 use crate::api::Labels;
-use crate::error::{Error, ErrorKind, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// The schema version this code reads and writes.
 pub(crate) const SCHEMA_VERSION: &str = "1";

@@ -25,8 +25,8 @@ use crate::api::{
     Info, IngestManager, Ingester, Labels, Lease, LeaseManager, Manager, Namespace, Provider,
     Resource, Scope, Status, Writer, WriterOptions,
 };
-use crate::error::{Error, Result};
 use crate::store::LocalStore;
+use crate::{Error, Result};
 
 /// Largest chunk a Read response carries, and the batch size target of List responses.
 const CHUNK: usize = 1 << 20;

@@ -52,8 +52,8 @@ use crate::api::{
     ContentStore, Info, IngestManager, Ingester, Labels, Manager, Namespace, Provider, Scope,
     Status, Writer, WriterOptions, truncate, validate_labels, validate_ref,
 };
-use crate::error::{Error, ErrorKind, Result};
 use crate::meta::{self, ContentRecord, Meta, NamespaceRecord, PendingCommit, enc};
+use crate::{Error, ErrorKind, Result};
 
 /// containerd's namespace label that makes a namespace's content shareable under the
 /// isolated policy.

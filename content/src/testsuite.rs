@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest as _, Sha256};
 use strata_proto::{Algorithm, Digest};
 
+use crate::ErrorKind;
 use crate::api::{ContentStore, Labels, Scope, WriterOptions, read_all};
-use crate::error::ErrorKind;
 
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
 pub fn content(size: usize, seed: u64) -> Vec<u8> {

@@ -8,8 +8,9 @@
 //!   as a proxy plugin.
 //! - [`Digest`]: a validated content digest. Every digest that comes off the wire is
 //!   parsed into one before it is used, so nothing like `sha256:../..` ever reaches a path.
-//! - [`ErrorKind`]: strata's error kinds, aligned with containerd's errdefs, and the single
-//!   mapping between them and [`tonic::Code`].
+//! - [`Error`]: the one error type of every library crate (kind, context, cause), and
+//!   [`ErrorKind`]: its kinds, aligned with containerd's errdefs, with the single mapping
+//!   between them and [`tonic::Code`].
 //! - [`filter`]: containerd's filter grammar (`==`, `!=`, `~=`, presence, quoted label
 //!   keys, comma = AND, repeated filters = OR).
 //! - [`time`]: conversions between `SystemTime` and `google.protobuf.Timestamp`.
@@ -22,6 +23,7 @@
 
 mod digest;
 mod errdefs;
+mod error;
 pub mod filter;
 pub mod serve;
 pub mod time;
@@ -29,6 +31,7 @@ pub mod transport;
 
 pub use digest::{Algorithm, Digest, DigestError};
 pub use errdefs::{ErrorKind, HasKind, error_chain, kind_from_status, status_from_error};
+pub use error::{Error, Result, ResultExt, Source, kind_of_io};
 
 /// Generated code for containerd's proto packages.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

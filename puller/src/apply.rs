@@ -75,7 +75,10 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
 use strata_proto::Digest;
 
-use crate::{EntryName, Error, Limit, Limits, Result};
+use crate::Limits;
+
+mod error;
+pub use error::{ApplyError, ApplyResult, EntryName, Limit};
 
 mod archive;
 mod fs;
@@ -95,7 +98,7 @@ pub enum WhiteoutMode {
     Overlay,
     /// As `Overlay`, for an upper directory extracted before the layers below it exist
     /// (strata unpacks layers in parallel). An entry whose result depends on them fails
-    /// with [`Error::NeedsLowerLayers`]: a hard link to a file this layer does not hold,
+    /// with [`ApplyError::NeedsLowerLayers`]: a hard link to a file this layer does not hold,
     /// and a parent directory this layer does not list (below, it may be a directory with
     /// another owner and mode, or a symlink). The caller then applies the layer again
     /// through a mount of its parents, as containerd does.
@@ -131,16 +134,16 @@ pub struct ApplyStats {
 /// The whole stream is read, bytes after the end-of-archive marker included, so
 /// [`ApplyStats::diff_id`] is the digest of exactly what `layer` yielded.
 ///
-/// Errors: [`Error::Malformed`], [`Error::Refused`], [`Error::Decompress`] for
-/// malformed or hostile input; [`Error::LimitExceeded`]; [`Error::Read`] and
-/// [`Error::Io`] for failures of the stream or the filesystem. On error `root` holds
+/// Errors: [`ApplyError::Malformed`], [`ApplyError::Refused`], [`ApplyError::Decompress`] for
+/// malformed or hostile input; [`ApplyError::LimitExceeded`]; [`ApplyError::Read`] and
+/// [`ApplyError::Io`] for failures of the stream or the filesystem. On error `root` holds
 /// a partial layer and should be discarded.
 pub fn apply_layer(
     layer: impl Read,
     root: &Path,
     whiteouts: WhiteoutMode,
     limits: &Limits,
-) -> Result<ApplyStats> {
+) -> ApplyResult<ApplyStats> {
     apply(layer, root, whiteouts, limits, true)
 }
 
@@ -153,7 +156,7 @@ pub(crate) fn apply_layer_unhashed(
     root: &Path,
     whiteouts: WhiteoutMode,
     limits: &Limits,
-) -> Result<ApplyStats> {
+) -> ApplyResult<ApplyStats> {
     apply(layer, root, whiteouts, limits, false)
 }
 
@@ -163,11 +166,11 @@ fn apply(
     whiteouts: WhiteoutMode,
     limits: &Limits,
     hash: bool,
-) -> Result<ApplyStats> {
+) -> ApplyResult<ApplyStats> {
     let root_fd =
-        fs::open_root(root).map_err(|e| Error::Root(root.display().to_string(), e.into()))?;
+        fs::open_root(root).map_err(|e| ApplyError::Root(root.display().to_string(), e.into()))?;
     let fresh = fs::is_empty_dir(root_fd.as_fd())
-        .map_err(|e| Error::Root(root.display().to_string(), e.into()))?;
+        .map_err(|e| ApplyError::Root(root.display().to_string(), e.into()))?;
     let mut reader = TarReader::new(layer, limits);
     if !hash {
         reader = reader.without_hash();
@@ -268,7 +271,11 @@ struct Applier<'l> {
 }
 
 impl Applier<'_> {
-    fn apply<R: Read>(&mut self, entry: &RawEntry, reader: &mut TarReader<'_, R>) -> Result<()> {
+    fn apply<R: Read>(
+        &mut self,
+        entry: &RawEntry,
+        reader: &mut TarReader<'_, R>,
+    ) -> ApplyResult<()> {
         let raw = entry.path.as_slice();
         let path = clean_path(raw, raw, self.limits)?;
         if path.is_empty() {
@@ -276,7 +283,7 @@ impl Applier<'_> {
                 tracing::debug!(entry = %EntryName::new(raw), "ignoring an entry for the root");
                 return Ok(());
             }
-            return Err(Error::refused(raw, "names the root directory"));
+            return Err(ApplyError::refused(raw, "names the root directory"));
         }
         let (parent, name) = split(&path);
         if let Some(target) = name.strip_prefix(b".wh.") {
@@ -285,11 +292,11 @@ impl Applier<'_> {
         let uid = u32::try_from(entry.uid)
             .ok()
             .filter(|u| *u != u32::MAX)
-            .ok_or_else(|| Error::refused(raw, "uid out of range"))?;
+            .ok_or_else(|| ApplyError::refused(raw, "uid out of range"))?;
         let gid = u32::try_from(entry.gid)
             .ok()
             .filter(|g| *g != u32::MAX)
-            .ok_or_else(|| Error::refused(raw, "gid out of range"))?;
+            .ok_or_else(|| ApplyError::refused(raw, "gid out of range"))?;
         let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
         let perm = Mode::from_bits_truncate(entry.mode & 0o7777);
         let mtime = timespec(entry.mtime);
@@ -331,7 +338,7 @@ impl Applier<'_> {
                 }
                 .map_err(|e| io_err(raw, "create file", e))?;
                 let mut file = File::from(fd);
-                reader.copy_body(&mut file)?.map_err(|e| Error::Io {
+                reader.copy_body(&mut file)?.map_err(|e| ApplyError::Io {
                     path: EntryName::new(raw),
                     op: "write file",
                     source: e,
@@ -371,13 +378,16 @@ impl Applier<'_> {
             Kind::Symlink => {
                 let target = entry.link.as_slice();
                 if target.is_empty() {
-                    return Err(Error::refused(raw, "symlink with an empty target"));
+                    return Err(ApplyError::refused(raw, "symlink with an empty target"));
                 }
                 if target.contains(&0) {
-                    return Err(Error::refused(raw, "symlink target contains a NUL byte"));
+                    return Err(ApplyError::refused(
+                        raw,
+                        "symlink target contains a NUL byte",
+                    ));
                 }
                 if target.len() > self.limits.max_path_len {
-                    return Err(Error::LimitExceeded {
+                    return Err(ApplyError::LimitExceeded {
                         what: Limit::PathLength,
                         limit: self.limits.max_path_len as u64,
                         at: Some(EntryName::new(raw)),
@@ -435,7 +445,7 @@ impl Applier<'_> {
 
     /// Sets the times of the directories this layer wrote, found again by path; one
     /// replaced since (by a later entry) is skipped.
-    fn set_dir_times(&mut self) -> Result<()> {
+    fn set_dir_times(&mut self) -> ApplyResult<()> {
         self.parent = None;
         for (k, (path, atime, mtime)) in std::mem::take(&mut self.dir_times) {
             let fd = match fs::open_dir_in_root(self.root.as_fd(), &path) {
@@ -464,7 +474,7 @@ impl Applier<'_> {
         perm: Option<Mode>,
         entry: &RawEntry,
         (atime, mtime): (TimeSpec, TimeSpec),
-    ) -> Result<()> {
+    ) -> ApplyResult<()> {
         fchownat(dir, name, owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(|e| io_err(raw, "chown", e))?;
         if let Some(perm) = perm {
@@ -482,7 +492,7 @@ impl Applier<'_> {
         Ok(())
     }
 
-    fn mark_fd(&mut self, raw: &[u8], fd: &impl AsFd) -> Result<()> {
+    fn mark_fd(&mut self, raw: &[u8], fd: &impl AsFd) -> ApplyResult<()> {
         if !self.fresh {
             let st = fstat(fd).map_err(|e| io_err(raw, "stat", e))?;
             self.mark(&st);
@@ -490,21 +500,27 @@ impl Applier<'_> {
         Ok(())
     }
 
-    fn hard_link(&mut self, raw: &[u8], link: &[u8], dir: &OwnedFd, name: &[u8]) -> Result<()> {
+    fn hard_link(
+        &mut self,
+        raw: &[u8],
+        link: &[u8],
+        dir: &OwnedFd,
+        name: &[u8],
+    ) -> ApplyResult<()> {
         let target = clean_path(link, raw, self.limits)?;
         if target.is_empty() {
-            return Err(Error::refused(raw, "hard link to the root directory"));
+            return Err(ApplyError::refused(raw, "hard link to the root directory"));
         }
         let (tparent, tname) = split(&target);
         let detached = self.mode == WhiteoutMode::OverlayDetached;
         let missing = || {
             if detached {
-                return Error::NeedsLowerLayers {
+                return ApplyError::NeedsLowerLayers {
                     path: EntryName::new(raw),
                     reason: "a hard link target is not in this layer",
                 };
             }
-            Error::refused(
+            ApplyError::refused(
                 raw,
                 format!("hard link target {} does not exist", EntryName::new(link)),
             )
@@ -514,7 +530,7 @@ impl Applier<'_> {
             .map_err(|e| io_err(raw, "stat hard link target", e))?
             .ok_or_else(missing)?;
         if is_dir(&tst) {
-            return Err(Error::refused(raw, "hard link to a directory"));
+            return Err(ApplyError::refused(raw, "hard link to a directory"));
         }
         if let Some(st) = stat_at(dir, name).map_err(|e| io_err(raw, "stat", e))?
             && key(&st) == key(&tst)
@@ -538,7 +554,7 @@ impl Applier<'_> {
         raw: &[u8],
         parent: &[u8],
         create: bool,
-    ) -> Result<Option<Rc<OwnedFd>>> {
+    ) -> ApplyResult<Option<Rc<OwnedFd>>> {
         if let Some((p, fd, _)) = &self.parent
             && p == parent
         {
@@ -553,11 +569,16 @@ impl Applier<'_> {
         Ok(Some(fd))
     }
 
-    fn open_parent(&mut self, raw: &[u8], parent: &[u8], create: bool) -> Result<Option<OwnedFd>> {
+    fn open_parent(
+        &mut self,
+        raw: &[u8],
+        parent: &[u8],
+        create: bool,
+    ) -> ApplyResult<Option<OwnedFd>> {
         match fs::open_dir_in_root(self.root.as_fd(), parent) {
             Ok(fd) => return Ok(Some(fd)),
             Err(Errno::ENOENT) if create && self.mode == WhiteoutMode::OverlayDetached => {
-                return Err(Error::NeedsLowerLayers {
+                return Err(ApplyError::NeedsLowerLayers {
                     path: EntryName::new(raw),
                     reason: "a parent directory is not in this layer",
                 });
@@ -584,7 +605,7 @@ impl Applier<'_> {
             match mkdirat(&dir, comp, Mode::from_bits_truncate(0o755)) {
                 Ok(()) => {}
                 Err(Errno::EEXIST) => {
-                    return Err(Error::Refused {
+                    return Err(ApplyError::Refused {
                         path: EntryName::new(raw),
                         reason: format!("parent {} is a dangling symlink", EntryName::new(prefix)),
                         source: None,
@@ -611,7 +632,7 @@ impl Applier<'_> {
         dir: &OwnedFd,
         name: &[u8],
         want_dir: bool,
-    ) -> Result<Option<FileStat>> {
+    ) -> ApplyResult<Option<FileStat>> {
         let Some(st) = stat_at(dir, name).map_err(|e| io_err(raw, "stat", e))? else {
             return Ok(None);
         };
@@ -641,7 +662,7 @@ impl Applier<'_> {
         dir: &OwnedFd,
         name: &[u8],
         keep_written: bool,
-    ) -> Result<Option<bool>> {
+    ) -> ApplyResult<Option<bool>> {
         let Some(st) = stat_at(dir, name).map_err(|e| io_err(raw, "stat", e))? else {
             return Ok(None);
         };
@@ -672,7 +693,12 @@ impl Applier<'_> {
     }
 
     /// [`prune`](Self::prune) for every child of `dir`; returns whether any was kept.
-    fn prune_children(&mut self, raw: &[u8], dir: &OwnedFd, keep_written: bool) -> Result<bool> {
+    fn prune_children(
+        &mut self,
+        raw: &[u8],
+        dir: &OwnedFd,
+        keep_written: bool,
+    ) -> ApplyResult<bool> {
         let names: Vec<Vec<u8>> = {
             let mut list = nix::dir::Dir::openat(
                 dir,
@@ -700,7 +726,7 @@ impl Applier<'_> {
         Ok(kept)
     }
 
-    fn whiteout(&mut self, raw: &[u8], parent: &[u8], target: &[u8]) -> Result<()> {
+    fn whiteout(&mut self, raw: &[u8], parent: &[u8], target: &[u8]) -> ApplyResult<()> {
         self.whiteouts += 1;
         // A whiteout removes things: no cached path may outlive it.
         self.parent = None;
@@ -713,7 +739,7 @@ impl Applier<'_> {
             return Ok(());
         }
         if target.is_empty() || target == b"." || target == b".." {
-            return Err(Error::refused(raw, "whiteout names no file"));
+            return Err(ApplyError::refused(raw, "whiteout names no file"));
         }
         match self.mode {
             WhiteoutMode::Overlay | WhiteoutMode::OverlayDetached => {
@@ -755,7 +781,7 @@ impl Applier<'_> {
         }
     }
 
-    fn opaque(&mut self, raw: &[u8], parent: &[u8]) -> Result<()> {
+    fn opaque(&mut self, raw: &[u8], parent: &[u8]) -> ApplyResult<()> {
         match self.mode {
             WhiteoutMode::Overlay | WhiteoutMode::OverlayDetached => {
                 let dir = self.parent_dir(raw, parent, true)?.expect("created");
@@ -777,7 +803,7 @@ impl Applier<'_> {
         raw: &[u8],
         target: XattrTarget<'_>,
         xattrs: &[(Vec<u8>, Vec<u8>)],
-    ) -> Result<()> {
+    ) -> ApplyResult<()> {
         for (name, value) in xattrs {
             if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
                 tracing::warn!(
@@ -789,13 +815,13 @@ impl Applier<'_> {
                 continue;
             }
             if name.is_empty() || name.len() > 255 || name.contains(&0) || !name.contains(&b'.') {
-                return Err(Error::refused(
+                return Err(ApplyError::refused(
                     raw,
                     format!("invalid xattr name {}", EntryName::new(name)),
                 ));
             }
             if value.len() > 65536 {
-                return Err(Error::refused(
+                return Err(ApplyError::refused(
                     raw,
                     format!("xattr {} value too large", EntryName::new(name)),
                 ));
@@ -836,8 +862,8 @@ fn stat_at(dir: &OwnedFd, name: &[u8]) -> nix::Result<Option<FileStat>> {
     }
 }
 
-fn io_err(raw: &[u8], op: &'static str, e: Errno) -> Error {
-    Error::Io {
+fn io_err(raw: &[u8], op: &'static str, e: Errno) -> ApplyError {
+    ApplyError::Io {
         path: EntryName::new(raw),
         op,
         source: e.into(),
@@ -846,9 +872,9 @@ fn io_err(raw: &[u8], op: &'static str, e: Errno) -> Error {
 
 /// An error resolving a parent inside the root: the layer's doing (a file where a
 /// directory is needed, a symlink loop) unless the system failed.
-fn resolve_err(raw: &[u8], e: Errno) -> Error {
+fn resolve_err(raw: &[u8], e: Errno) -> ApplyError {
     match e {
-        Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV | Errno::ENAMETOOLONG => Error::Refused {
+        Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV | Errno::ENAMETOOLONG => ApplyError::Refused {
             path: EntryName::new(raw),
             reason: "parent directory cannot be resolved inside the root".into(),
             source: Some(e.into()),
@@ -861,24 +887,24 @@ fn resolve_err(raw: &[u8], e: Errno) -> Error {
 /// empty ones; refuses `..` and NUL bytes; enforces the length limits. The result is
 /// relative to the root, components joined by `/`, empty for the root itself. `raw`
 /// names the entry in errors.
-fn clean_path(name: &[u8], raw: &[u8], limits: &Limits) -> Result<Vec<u8>> {
+fn clean_path(name: &[u8], raw: &[u8], limits: &Limits) -> ApplyResult<Vec<u8>> {
     if name.len() > limits.max_path_len {
-        return Err(Error::LimitExceeded {
+        return Err(ApplyError::LimitExceeded {
             what: Limit::PathLength,
             limit: limits.max_path_len as u64,
             at: Some(EntryName::new(raw)),
         });
     }
     if name.contains(&0) {
-        return Err(Error::refused(raw, "name contains a NUL byte"));
+        return Err(ApplyError::refused(raw, "name contains a NUL byte"));
     }
     let mut out = Vec::with_capacity(name.len());
     for comp in name.split(|b| *b == b'/') {
         match comp {
             b"" | b"." => continue,
-            b".." => return Err(Error::refused(raw, "name contains a '..' component")),
+            b".." => return Err(ApplyError::refused(raw, "name contains a '..' component")),
             _ if comp.len() > limits.max_component_len => {
-                return Err(Error::LimitExceeded {
+                return Err(ApplyError::LimitExceeded {
                     what: Limit::ComponentLength,
                     limit: limits.max_component_len as u64,
                     at: Some(EntryName::new(raw)),
@@ -907,20 +933,20 @@ mod tests {
         assert_eq!(clean_path(b"./", b"", &l).unwrap(), b"");
         assert!(matches!(
             clean_path(b"../x", b"", &l),
-            Err(Error::Refused { .. })
+            Err(ApplyError::Refused { .. })
         ));
         assert!(matches!(
             clean_path(b"a/../../x", b"", &l),
-            Err(Error::Refused { .. })
+            Err(ApplyError::Refused { .. })
         ));
         assert!(matches!(
             clean_path(b"a/..", b"", &l),
-            Err(Error::Refused { .. })
+            Err(ApplyError::Refused { .. })
         ));
         let long = vec![b'a'; 256];
         assert!(matches!(
             clean_path(&long, b"", &l),
-            Err(Error::LimitExceeded {
+            Err(ApplyError::LimitExceeded {
                 what: Limit::ComponentLength,
                 ..
             })

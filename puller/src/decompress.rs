@@ -11,12 +11,13 @@
 //! Errors are sorted as they happen: a failure of the caller's reader comes out of the
 //! returned reader unchanged, while corrupt compressed data comes out as an
 //! `io::Error` carrying a [`DecodeError`], which the applier reports as
-//! [`Error::Decompress`] or, for an oversized zstd window, [`Error::LimitExceeded`].
+//! [`ApplyError::Decompress`] or, for an oversized zstd window,
+//! [`ApplyError::LimitExceeded`].
 
 use std::fmt;
 use std::io::{self, Read};
 
-use crate::{Error, Limit, Limits, Result};
+use crate::{ApplyError, ApplyResult, Limit, Limits};
 
 /// A layer's compression, a closed set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +45,8 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 impl Compression {
     /// The compression of an OCI or Docker layer media type; any other media type is
-    /// [`Error::UnsupportedMediaType`].
-    pub fn from_media_type(media_type: &str) -> Result<Compression> {
+    /// [`ApplyError::UnsupportedMediaType`].
+    pub fn from_media_type(media_type: &str) -> ApplyResult<Compression> {
         Ok(match media_type {
             "application/vnd.oci.image.layer.v1.tar"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar"
@@ -57,7 +58,7 @@ impl Compression {
             "application/vnd.oci.image.layer.v1.tar+zstd"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
             | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Compression::Zstd,
-            other => return Err(Error::UnsupportedMediaType(other.to_owned())),
+            other => return Err(ApplyError::UnsupportedMediaType(other.to_owned())),
         })
     }
 
@@ -78,12 +79,12 @@ impl Compression {
 ///
 /// `media_type` `None` or `Some("")` detects the compression from the magic bytes;
 /// a known OCI/Docker layer media type selects it; any other is refused with
-/// [`Error::UnsupportedMediaType`].
+/// [`ApplyError::UnsupportedMediaType`].
 pub fn open_layer<'a>(
     media_type: Option<&str>,
     reader: impl Read + Send + 'a,
     limits: &Limits,
-) -> Result<Box<dyn Read + Send + 'a>> {
+) -> ApplyResult<Box<dyn Read + Send + 'a>> {
     let mut reader = SourceReader(reader);
     let (compression, reader): (Compression, Box<dyn Read + Send + 'a>) = match media_type {
         Some(mt) if !mt.is_empty() => (Compression::from_media_type(mt)?, Box::new(reader)),
@@ -95,7 +96,7 @@ pub fn open_layer<'a>(
                     Ok(0) => break,
                     Ok(k) => n += k,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(Error::Read(e)),
+                    Err(e) => return Err(ApplyError::Read(e)),
                 }
             }
             let compression = Compression::detect(&prefix[..n]);
@@ -114,13 +115,13 @@ pub fn open_layer<'a>(
         }),
         Compression::Zstd => {
             let mut decoder =
-                zstd::stream::read::Decoder::new(reader).map_err(|e| Error::Decompress {
+                zstd::stream::read::Decoder::new(reader).map_err(|e| ApplyError::Decompress {
                     format: compression,
                     source: e,
                 })?;
             decoder
                 .window_log_max(limits.zstd_window_log_max)
-                .map_err(|e| Error::Decompress {
+                .map_err(|e| ApplyError::Decompress {
                     format: compression,
                     source: e,
                 })?;
@@ -172,15 +173,15 @@ impl DecodeError {
     }
 
     /// The applier's error for this decode failure.
-    pub(crate) fn into_error(self, limits: &Limits) -> Error {
+    pub(crate) fn into_error(self, limits: &Limits) -> ApplyError {
         if self.is_window_too_large() {
-            Error::LimitExceeded {
+            ApplyError::LimitExceeded {
                 what: Limit::ZstdWindow,
                 limit: 1u64 << limits.zstd_window_log_max,
                 at: None,
             }
         } else {
-            Error::Decompress {
+            ApplyError::Decompress {
                 format: self.format,
                 source: self.source,
             }
@@ -229,14 +230,14 @@ impl<D: Read> Read for Decoded<D> {
 
 /// Classifies an error of a layer reader: a [`DecodeError`] inside becomes the decode
 /// error, anything else a read failure.
-pub(crate) fn read_error(e: io::Error, limits: &Limits) -> Error {
+pub(crate) fn read_error(e: io::Error, limits: &Limits) -> ApplyError {
     if e.get_ref().is_some_and(|i| i.is::<DecodeError>()) {
         if let Some(Ok(d)) = e.into_inner().map(|i| i.downcast::<DecodeError>()) {
             return d.into_error(limits);
         }
-        return Error::Read(io::Error::other("decode error lost"));
+        return ApplyError::Read(io::Error::other("decode error lost"));
     }
-    Error::Read(e)
+    ApplyError::Read(e)
 }
 
 #[cfg(test)]
@@ -256,7 +257,7 @@ mod tests {
         );
         let err =
             Compression::from_media_type("application/vnd.oci.image.layer.v1.tar+lz4").unwrap_err();
-        assert!(matches!(err, Error::UnsupportedMediaType(_)));
+        assert!(matches!(err, ApplyError::UnsupportedMediaType(_)));
         assert!(open_layer(Some("text/plain"), &b""[..], &Limits::default()).is_err());
     }
 
@@ -287,7 +288,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                Error::Decompress {
+                ApplyError::Decompress {
                     format: Compression::Gzip,
                     ..
                 }
@@ -312,6 +313,9 @@ mod tests {
         .unwrap();
         let e = r.read(&mut [0; 16]).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
-        assert!(matches!(read_error(e, &Limits::default()), Error::Read(_)));
+        assert!(matches!(
+            read_error(e, &Limits::default()),
+            ApplyError::Read(_)
+        ));
     }
 }

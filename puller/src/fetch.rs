@@ -18,7 +18,7 @@ use strata_content::{
 };
 use strata_proto::{Digest, ErrorKind};
 
-use crate::pull::{PullError, PullResult};
+use crate::{Error, Result, ResultExt};
 
 /// A blob to fetch: what a descriptor says about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub struct Blob {
 pub trait BlobSource: Send + Sync {
     /// Opens `blob` at `offset`. Returns the reader and the offset it really starts at:
     /// `offset`, or 0 when the server ignored the range request.
-    fn open(&self, blob: &Blob, offset: u64) -> PullResult<(Box<dyn Read + Send>, u64)>;
+    fn open(&self, blob: &Blob, offset: u64) -> Result<(Box<dyn Read + Send>, u64)>;
 
     /// Opens exactly the bytes `range` of `blob`, for one chunk of a parallel download;
     /// `None` when the source cannot serve a range by itself (the default; a server that
@@ -44,7 +44,7 @@ pub trait BlobSource: Send + Sync {
         &self,
         blob: &Blob,
         range: std::ops::Range<u64>,
-    ) -> PullResult<Option<Box<dyn Read + Send>>> {
+    ) -> Result<Option<Box<dyn Read + Send>>> {
         let _ = (blob, range);
         Ok(None)
     }
@@ -65,7 +65,7 @@ fn fetch_range(
     start: u64,
     end: u64,
     mut buf: Vec<u8>,
-) -> PullResult<Option<Vec<u8>>> {
+) -> Result<Option<Vec<u8>>> {
     buf.resize((end - start) as usize, 0);
     let mut filled = 0;
     let mut resumes = 0;
@@ -92,7 +92,7 @@ fn fetch_range(
         };
         resumes += 1;
         if resumes > MAX_RESUMES {
-            return Err(PullError::new(
+            return Err(Error::new(
                 ErrorKind::Unavailable,
                 format!(
                     "fetch {} bytes {start}-{end}: gave up after {MAX_RESUMES} resumes",
@@ -115,7 +115,7 @@ fn fetch_chunks(
     mut offset: u64,
     follow: Option<&Follow>,
     progress: &dyn Fn(u64),
-) -> PullResult<u64> {
+) -> Result<u64> {
     // Buffers go round: fresh memory is slow to touch in a VM, and reuse bounds it.
     let free = Mutex::new(Vec::<Vec<u8>>::new());
     std::thread::scope(|s| {
@@ -136,7 +136,7 @@ fn fetch_chunks(
         }
         while let Some(h) = pending.pop_front() {
             let chunk = h.join().unwrap_or_else(|_| {
-                Err(PullError::new(
+                Err(Error::new(
                     ErrorKind::Internal,
                     "a download thread panicked",
                 ))
@@ -145,8 +145,7 @@ fn fetch_chunks(
             let Some(chunk) = chunk else {
                 return Ok(offset);
             };
-            w.write(&chunk)
-                .map_err(|e| PullError::from_content("write ingest", e))?;
+            w.write(&chunk).context("write ingest")?;
             offset += chunk.len() as u64;
             free.lock().unwrap_or_else(|e| e.into_inner()).push(chunk);
             if let Some(f) = follow {
@@ -330,7 +329,7 @@ pub fn fetch_blob(
     labels: &Labels,
     progress: &dyn Fn(u64),
     follow: Option<&Follow>,
-) -> PullResult<Fetched> {
+) -> Result<Fetched> {
     let mut guard = FollowGuard {
         follow,
         blob: store.blob_path(&blob.digest),
@@ -355,16 +354,12 @@ pub fn fetch_blob(
             Err(e) if e.kind() == ContentKind::Unavailable && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            Err(e) => return Err(PullError::from_content("open ingest", e)),
+            Err(e) => return Err(e.context("open ingest")),
         }
     };
-    let mut offset = w
-        .status()
-        .map_err(|e| PullError::from_content("ingest status", e))?
-        .offset;
+    let mut offset = w.status().context("ingest status")?.offset;
     if offset > blob.size {
-        w.truncate(0)
-            .map_err(|e| PullError::from_content("reset oversized ingest", e))?;
+        w.truncate(0).context("reset oversized ingest")?;
         offset = 0;
     }
     if let Some(f) = follow
@@ -372,7 +367,7 @@ pub fn fetch_blob(
         && let Ok(file) = File::open(
             store
                 .ingest_data_path(scope, &r#ref)
-                .map_err(|e| PullError::from_content("ingest path", e))?,
+                .context("ingest path")?,
         )
     {
         f.set(FollowState::Growing {
@@ -391,7 +386,7 @@ pub fn fetch_blob(
         // A server that ignores Range sends the whole blob: skip what we already have.
         if start < offset {
             std::io::copy(&mut (&mut r).take(offset - start), &mut std::io::sink()).map_err(
-                |e| PullError::new(ErrorKind::Unavailable, "skip to resume offset").with_source(e),
+                |e| Error::new(ErrorKind::Unavailable, "skip to resume offset").with_source(e),
             )?;
         }
         let err = loop {
@@ -406,8 +401,7 @@ pub fn fetch_blob(
                     ));
                 }
                 Ok(n) => {
-                    w.write(&buf[..n])
-                        .map_err(|e| PullError::from_content("write ingest", e))?;
+                    w.write(&buf[..n]).context("write ingest")?;
                     offset += n as u64;
                     if let Some(f) = follow {
                         f.advance(offset);
@@ -424,7 +418,7 @@ pub fn fetch_blob(
         if let Some(e) = err {
             resumes += 1;
             if resumes > MAX_RESUMES {
-                return Err(PullError::new(
+                return Err(Error::new(
                     ErrorKind::Unavailable,
                     format!("fetch {}: gave up after {MAX_RESUMES} resumes", blob.digest),
                 )
@@ -451,7 +445,7 @@ pub fn fetch_blob(
                 // The bytes do not match: start over next time rather than resume them.
                 let _ = w.truncate(0);
             }
-            Err(PullError::new(
+            Err(Error::new(
                 ErrorKind::InvalidArgument,
                 format!("blob {} from the registry does not verify", blob.digest),
             )

@@ -17,10 +17,11 @@
 //!   upper directories or deleting for full-copy snapshots, and returns the diff_id.
 //! - [`unpack`]: [`Unpacker`] commits an image's layers under their chainIDs, in
 //!   parallel on a Rebase-capable snapshotter.
-//! - [`pull`](mod@pull): the whole pipeline and its error, [`PullError`]; [`service`]: it and the
-//!   image records as `strata.v1.Images`.
-//! - [`Limits`]: the bounds a hostile layer runs into; [`Error`]: what went wrong while
-//!   unpacking, with an errdefs [`ErrorKind`] for the gRPC edge.
+//! - [`pull`](mod@pull): the whole pipeline; [`service`]: it and the image records as
+//!   `strata.v1.Images`.
+//! - [`Limits`]: the bounds a hostile layer runs into; [`ApplyError`]: what went wrong
+//!   while unpacking, matchable by variant, with an errdefs [`ErrorKind`]. Everything
+//!   else returns strata's one [`Error`].
 //!
 //! A pull flows: `RegistryClient::resolve_image` -> [`fetch_blob`] for the manifest,
 //! config and layers (in parallel) -> [`Unpacker::unpack`] (`prepare` -> `apply_layer` ->
@@ -30,7 +31,6 @@
 
 pub mod apply;
 pub mod decompress;
-mod error;
 pub mod fetch;
 mod limits;
 pub mod local;
@@ -40,10 +40,10 @@ pub mod registry;
 pub mod service;
 pub mod unpack;
 
-pub use apply::{ApplyStats, WhiteoutMode, apply_layer};
+pub use apply::{ApplyError, ApplyResult, ApplyStats, EntryName, Limit, WhiteoutMode, apply_layer};
 pub use decompress::{Compression, DecodeError, open_layer};
-pub use error::{EntryName, Error, ErrorKind, Limit, Result};
 pub use fetch::{Blob, BlobSource, Fetched, fetch_blob};
 pub use limits::Limits;
-pub use pull::{Progress, PullError, PullRequest, PullResult, UnpackTo, pull};
+pub use pull::{Progress, PullRequest, UnpackTo, pull};
+pub use strata_proto::{Error, ErrorKind, Result, ResultExt};
 pub use unpack::{Layer, UnpackEvent, Unpacker, chain_ids};

@@ -2,7 +2,7 @@
 //! of exhausting memory, disk or time.
 
 /// Limits applied while decompressing and applying one layer. Every limit, when
-/// exceeded, fails the layer with [`Error::LimitExceeded`](crate::Error::LimitExceeded)
+/// exceeded, fails the layer with [`ApplyError::LimitExceeded`](crate::ApplyError::LimitExceeded)
 /// before more than a bounded amount of memory is used.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {

@@ -10,11 +10,11 @@ use strata_content::api::{Namespace, Provider, Scope};
 use strata_proto::Digest;
 
 use crate::ErrorKind;
-use crate::pull::{PullError, PullResult};
 use crate::registry::{
     ImageConfig, Index, MAX_DOCUMENT_SIZE, Manifest, ManifestKind, Platform, Reference, classify,
     select,
 };
+use crate::{Error, Result, ResultExt};
 
 /// One platform's image, as recorded in the content store.
 #[derive(Clone, Debug)]
@@ -38,12 +38,12 @@ fn read_document(
     scope: &Scope,
     digest: &Digest,
     what: &str,
-) -> PullResult<Vec<u8>> {
+) -> Result<Vec<u8>> {
     let info = store
         .info(scope, digest)
-        .map_err(|e| PullError::from_content(&format!("{what} {digest}"), e))?;
+        .with_context(|| format!("{what} {digest}"))?;
     if info.size > MAX_DOCUMENT_SIZE {
-        return Err(PullError::new(
+        return Err(Error::new(
             ErrorKind::ResourceExhausted,
             format!(
                 "{what} {digest} is {} bytes, over the {MAX_DOCUMENT_SIZE}-byte limit",
@@ -52,7 +52,7 @@ fn read_document(
         ));
     }
     let body = strata_content::api::read_all(store, scope, digest)
-        .map_err(|e| PullError::from_content(&format!("read {what} {digest}"), e))?;
+        .with_context(|| format!("read {what} {digest}"))?;
     Ok(body)
 }
 
@@ -67,13 +67,13 @@ pub fn resolve(
     ns: &Namespace,
     name: &str,
     platform: &Platform,
-) -> PullResult<LocalImage> {
+) -> Result<LocalImage> {
     let name = Reference::parse(name).map(|r| r.to_string()).map_err(|e| {
-        PullError::new(ErrorKind::InvalidArgument, format!("image name {name:?}")).with_source(e)
+        Error::new(ErrorKind::InvalidArgument, format!("image name {name:?}")).with_source(e)
     })?;
     let image = store
         .get_image(ns, &name)
-        .map_err(|e| PullError::from_content(&format!("image {name}"), e))?;
+        .with_context(|| format!("image {name}"))?;
     let scope = Scope {
         namespace: Some(ns.clone()),
         lease: None,
@@ -83,14 +83,12 @@ pub fn resolve(
     // An index names a manifest; a manifest is the end. Two steps at most.
     for _ in 0..2 {
         let body = read_document(store, &scope, &digest, "manifest")?;
-        let (kind, _) = classify(&body, None, expected)
-            .map_err(|e| PullError::new(e.kind(), format!("manifest {digest}")).with_source(e))?;
+        let (kind, _) =
+            classify(&body, None, expected).map_err(|e| e.context(format!("manifest {digest}")))?;
         match kind {
             ManifestKind::Index => {
                 let index: Index = parse(&body, "index", &digest)?;
-                let d = select(&index, platform).map_err(|e| {
-                    PullError::new(e.kind(), format!("image {name}")).with_source(e)
-                })?;
+                let d = select(&index, platform).with_context(|| format!("image {name}"))?;
                 digest = d.digest;
                 expected = Some(ManifestKind::Manifest);
             }
@@ -100,7 +98,7 @@ pub fn resolve(
                 let parsed: ImageConfig = parse(&config, "config", &m.config.digest)?;
                 let diff_ids = parsed.rootfs.diff_ids;
                 if diff_ids.len() != m.layers.len() {
-                    return Err(PullError::invalid(format!(
+                    return Err(Error::invalid(format!(
                         "image {name}: manifest has {} layers but the config {} diff_ids",
                         m.layers.len(),
                         diff_ids.len()
@@ -108,7 +106,7 @@ pub fn resolve(
                 }
                 let chain_id = crate::unpack::chain_ids(&diff_ids)
                     .pop()
-                    .ok_or_else(|| PullError::invalid(format!("image {name} has no layers")))?;
+                    .ok_or_else(|| Error::invalid(format!("image {name} has no layers")))?;
                 return Ok(LocalImage {
                     name,
                     manifest: digest,
@@ -119,16 +117,12 @@ pub fn resolve(
             }
         }
     }
-    Err(PullError::invalid(format!(
+    Err(Error::invalid(format!(
         "image {name}: an index points to another index"
     )))
 }
 
-fn parse<T: serde::de::DeserializeOwned>(
-    body: &[u8],
-    what: &str,
-    digest: &Digest,
-) -> PullResult<T> {
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str, digest: &Digest) -> Result<T> {
     serde_json::from_slice(body)
-        .map_err(|e| PullError::invalid(format!("{what} {digest} is malformed")).with_source(e))
+        .map_err(|e| Error::invalid(format!("{what} {digest} is malformed")).with_source(e))
 }

@@ -1,101 +1,5 @@
 //! Pulling an image: resolve, fetch into the content store, unpack into a snapshotter,
-//! record the image. [`PullError`] is the pipeline's error: one errdefs kind for the gRPC
-//! edge, a message naming the step, and the cause.
-
-use std::fmt;
-
-use strata_proto::{ErrorKind, HasKind};
-
-type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// Result alias of the pull pipeline.
-pub type PullResult<T> = std::result::Result<T, PullError>;
-
-/// An error of the pull pipeline.
-pub struct PullError {
-    kind: ErrorKind,
-    context: String,
-    source: Option<Source>,
-}
-
-impl PullError {
-    /// An error of `kind`.
-    pub fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
-        PullError {
-            kind,
-            context: context.into(),
-            source: None,
-        }
-    }
-
-    /// Attaches the cause.
-    pub fn with_source(mut self, source: impl Into<Source>) -> Self {
-        self.source = Some(source.into());
-        self
-    }
-
-    /// Bad input (image, reference, layer).
-    pub fn invalid(context: impl Into<String>) -> Self {
-        PullError::new(ErrorKind::InvalidArgument, context)
-    }
-
-    /// A local I/O failure.
-    pub fn internal(context: &str, e: std::io::Error) -> Self {
-        PullError::new(ErrorKind::Internal, context).with_source(e)
-    }
-
-    /// A snapshotter error, keeping its kind.
-    pub fn from_snapshot(context: &str, e: strata_snapshotter::Error) -> Self {
-        PullError::new(e.kind(), context).with_source(e)
-    }
-
-    /// A content store error, keeping its kind.
-    pub fn from_content(context: &str, e: strata_content::Error) -> Self {
-        PullError::new(e.kind(), context).with_source(e)
-    }
-
-    /// An unpack error of layer `i`, keeping its kind.
-    pub fn from_apply(i: usize, e: crate::Error) -> Self {
-        PullError::new(e.kind(), format!("unpack layer {i}")).with_source(e)
-    }
-
-    /// The errdefs kind.
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-}
-
-impl HasKind for PullError {
-    fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-}
-
-impl fmt::Display for PullError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.context)
-    }
-}
-
-impl fmt::Debug for PullError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}: {}", self.kind, self.context)?;
-        let mut s = self.source.as_deref().map(|s| s as &dyn std::error::Error);
-        while let Some(e) = s {
-            write!(f, ": {e}")?;
-            s = e.source();
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for PullError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|s| s as _)
-    }
-}
-
-// ---- The pipeline ----------------------------------------------------------------------
+//! record the image.
 
 use std::io::Read;
 use std::sync::Mutex;
@@ -113,13 +17,7 @@ use tokio::runtime::Handle;
 use crate::fetch::{Blob, BlobSource, Fetched, Follow, fetch_blob};
 use crate::registry::{self, Descriptor, Platform, Reference, RegistryClient};
 use crate::unpack::{Layer, LayerSource, UnpackEvent, Unpacker};
-use crate::{Limits, WhiteoutMode};
-
-impl From<registry::Error> for PullError {
-    fn from(e: registry::Error) -> Self {
-        PullError::new(e.kind(), "registry").with_source(e)
-    }
-}
+use crate::{Error, ErrorKind, Limits, Result, ResultExt, WhiteoutMode};
 
 /// Image label naming the top chainID unpacked into a snapshotter
 /// (`strata.io/snapshot.<snapshotter>`): what keeps strata's snapshots from its GC.
@@ -215,7 +113,7 @@ struct RegistrySource<'a> {
 }
 
 impl BlobSource for RegistrySource<'_> {
-    fn open(&self, blob: &Blob, offset: u64) -> PullResult<(Box<dyn Read + Send>, u64)> {
+    fn open(&self, blob: &Blob, offset: u64) -> Result<(Box<dyn Read + Send>, u64)> {
         let range = (offset > 0 && offset < blob.size).then_some(offset..blob.size);
         let stream = self.stream(blob, range)?;
         let start = stream.offset();
@@ -233,7 +131,7 @@ impl BlobSource for RegistrySource<'_> {
         &self,
         blob: &Blob,
         range: std::ops::Range<u64>,
-    ) -> PullResult<Option<Box<dyn Read + Send>>> {
+    ) -> Result<Option<Box<dyn Read + Send>>> {
         let stream = self.stream(blob, Some(range))?;
         // A server that ignores ranges would send the prefix again for every chunk.
         if !stream.range_honoured() {
@@ -252,11 +150,10 @@ impl RegistrySource<'_> {
         &self,
         blob: &Blob,
         range: Option<std::ops::Range<u64>>,
-    ) -> PullResult<registry::BlobStream> {
+    ) -> Result<registry::BlobStream> {
         let desc = Descriptor::new(blob.media_type.clone(), blob.digest.clone(), blob.size);
-        Ok(self
-            .rt
-            .block_on(self.client.fetch_blob(self.reference, &desc, range))?)
+        self.rt
+            .block_on(self.client.fetch_blob(self.reference, &desc, range))
     }
 }
 
@@ -264,7 +161,7 @@ impl RegistrySource<'_> {
 struct BytesSource(Bytes);
 
 impl BlobSource for BytesSource {
-    fn open(&self, _: &Blob, offset: u64) -> PullResult<(Box<dyn Read + Send>, u64)> {
+    fn open(&self, _: &Blob, offset: u64) -> Result<(Box<dyn Read + Send>, u64)> {
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(self.0.len());
@@ -284,22 +181,22 @@ fn blob_of(d: &Descriptor) -> Blob {
 }
 
 /// Adds `labels` to a blob (created with them, or updated if it existed).
-fn label_blob(store: &LocalStore, scope: &Scope, d: &Digest, labels: &Labels) -> PullResult<()> {
+fn label_blob(store: &LocalStore, scope: &Scope, d: &Digest, labels: &Labels) -> Result<()> {
     if labels.is_empty() {
         return Ok(());
     }
     let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
     store
         .update(scope, d, labels.clone(), &paths)
-        .map_err(|e| PullError::from_content(&format!("label {d}"), e))?;
+        .with_context(|| format!("label {d}"))?;
     Ok(())
 }
 
 /// Media types of layers strata can unpack.
-fn check_layer_media_type(mt: &str) -> PullResult<()> {
+fn check_layer_media_type(mt: &str) -> Result<()> {
     crate::decompress::Compression::from_media_type(mt)
         .map(|_| ())
-        .map_err(|e| PullError::new(e.kind(), "layer").with_source(e))
+        .map_err(|e| Error::caused_by("layer", e))
 }
 
 /// Pulls an image into `store` (namespace `ns`) and, if asked, a snapshotter; records it
@@ -311,7 +208,7 @@ pub fn pull(
     ns: &Namespace,
     req: &PullRequest<'_>,
     on: &(dyn Fn(&Progress) + Sync),
-) -> PullResult<Progress> {
+) -> Result<Progress> {
     let reference = Reference::parse(req.reference)?;
     let progress = Mutex::new(Progress {
         stage: "resolving",
@@ -327,7 +224,7 @@ pub fn pull(
     let resolved = rt.block_on(client.resolve_image(&reference, &req.platform))?;
     let m = &resolved.manifest;
     if m.layers.len() != resolved.config.rootfs.diff_ids.len() {
-        return Err(PullError::invalid(format!(
+        return Err(Error::invalid(format!(
             "{reference}: {} layers but {} diff_ids in the config",
             m.layers.len(),
             resolved.config.rootfs.diff_ids.len()
@@ -363,7 +260,7 @@ pub fn pull(
     );
     store
         .create_lease(&plain, &lease, lease_labels)
-        .map_err(|e| PullError::from_content("create pull lease", e))?;
+        .context("create pull lease")?;
     let scope = plain.clone().with_lease(lease.clone());
     let result = pull_leased(
         rt, client, store, &scope, ns, &reference, &resolved, req, &report,
@@ -417,13 +314,13 @@ struct FollowSource<'a> {
 }
 
 impl LayerSource for FollowSource<'_> {
-    fn open(&self, i: usize, _: &Layer) -> PullResult<Box<dyn Read + Send + '_>> {
+    fn open(&self, i: usize, _: &Layer) -> Result<Box<dyn Read + Send + '_>> {
         Ok(Box::new(self.follows[i].reader()))
     }
 
-    fn verified(&self, i: usize, layer: &Layer) -> PullResult<()> {
+    fn verified(&self, i: usize, layer: &Layer) -> Result<()> {
         self.follows[i].wait_verified().map_err(|why| {
-            PullError::new(
+            Error::new(
                 ErrorKind::Unavailable,
                 format!("layer {i} ({}): {why}", layer.digest),
             )
@@ -441,10 +338,10 @@ fn fetch_layers(
     req: &PullRequest<'_>,
     report: &Report<'_>,
     follows: &[Follow],
-) -> PullResult<()> {
+) -> Result<()> {
     let m = &resolved.manifest;
     let next = AtomicUsize::new(0);
-    let first_error: Mutex<Option<PullError>> = Mutex::new(None);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..req.concurrency.clamp(1, m.layers.len().max(1)) {
             s.spawn(|| {
@@ -489,9 +386,7 @@ fn fetch_layers(
                             }
                         }),
                         Err(e) => {
-                            let e =
-                                PullError::new(e.kind(), format!("fetch layer {i} ({})", l.digest))
-                                    .with_source(e);
+                            let e = e.context(format!("fetch layer {i} ({})", l.digest));
                             first_error
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
@@ -519,7 +414,7 @@ fn pull_leased(
     resolved: &registry::ResolvedImage,
     req: &PullRequest<'_>,
     report: &Report<'_>,
-) -> PullResult<()> {
+) -> Result<()> {
     let m = &resolved.manifest;
     let src = RegistrySource {
         rt: rt.clone(),
@@ -583,7 +478,7 @@ fn pull_leased(
         }
         let unpacked = unpacking.map(|h| {
             h.join().unwrap_or_else(|_| {
-                Err(PullError::internal(
+                Err(Error::internal(
                     "unpack",
                     std::io::Error::other("the unpack thread panicked"),
                 ))
@@ -681,9 +576,7 @@ fn pull_leased(
         created_at: std::time::SystemTime::now(),
         updated_at: std::time::SystemTime::now(),
     };
-    store
-        .put_image(ns, &image)
-        .map_err(|e| PullError::from_content("record image", e))?;
+    store.put_image(ns, &image).context("record image")?;
     Ok(())
 }
 
@@ -692,11 +585,7 @@ fn pull_leased(
 /// label, and the chain below it), leaf first, and extraction snapshots an earlier
 /// daemon left behind. Snapshots containerd or other clients
 /// made are never touched. Returns how many were removed.
-pub fn collect_snapshots(
-    store: &LocalStore,
-    name: &str,
-    sn: &dyn Snapshotter,
-) -> PullResult<usize> {
+pub fn collect_snapshots(store: &LocalStore, name: &str, sn: &dyn Snapshotter) -> Result<usize> {
     use std::collections::{HashMap, HashSet};
     let key = format!("{SNAPSHOT_LABEL_PREFIX}{name}");
     let mut keep: HashSet<String> = HashSet::new();
@@ -720,10 +609,8 @@ pub fn collect_snapshots(
         }
         Ok(())
     })
-    .map_err(|e| PullError::from_snapshot("list snapshots", e))?;
-    let images = store
-        .all_images()
-        .map_err(|e| PullError::from_content("list images", e))?;
+    .context("list snapshots")?;
+    let images = store.all_images().context("list images")?;
     for (_, image) in images {
         let mut next = image.labels.get(&key).cloned();
         while let Some(n) = next {

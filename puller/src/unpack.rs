@@ -23,7 +23,7 @@ use strata_snapshotter::mount::{mount_all, unmount_all};
 use strata_snapshotter::{Labels, Mount, Rebase, Snapshotter};
 
 use crate::apply::apply_layer_unhashed;
-use crate::pull::{PullError, PullResult};
+use crate::{Error, Result, ResultExt};
 use crate::{Limits, WhiteoutMode, open_layer};
 
 pub use strata_snapshotter::service::{OWNER_LABEL, SNAPSHOT_REF_LABEL};
@@ -105,11 +105,11 @@ pub struct Unpacker<'a> {
 /// Where extraction reads a layer's compressed bytes.
 pub trait LayerSource: Sync {
     /// Opens layer `i`'s blob from its first byte.
-    fn open(&self, i: usize, layer: &Layer) -> PullResult<Box<dyn Read + Send + '_>>;
+    fn open(&self, i: usize, layer: &Layer) -> Result<Box<dyn Read + Send + '_>>;
 
     /// Waits until layer `i`'s blob is committed and verified: a layer read while it
     /// downloads is committed only after that.
-    fn verified(&self, i: usize, layer: &Layer) -> PullResult<()>;
+    fn verified(&self, i: usize, layer: &Layer) -> Result<()>;
 }
 
 /// Layer blobs already in the content store.
@@ -119,16 +119,16 @@ struct StoreSource<'a> {
 }
 
 impl LayerSource for StoreSource<'_> {
-    fn open(&self, i: usize, layer: &Layer) -> PullResult<Box<dyn Read + Send + '_>> {
+    fn open(&self, i: usize, layer: &Layer) -> Result<Box<dyn Read + Send + '_>> {
         self.store
             .info(self.scope, &layer.digest)
-            .map_err(|e| PullError::from_content(&format!("layer {i} blob"), e))?;
+            .with_context(|| format!("layer {i} blob"))?;
         let blob = File::open(self.store.blob_path(&layer.digest))
-            .map_err(|e| PullError::internal("open layer blob", e))?;
+            .map_err(|e| Error::internal("open layer blob", e))?;
         Ok(Box::new(blob))
     }
 
-    fn verified(&self, _: usize, _: &Layer) -> PullResult<()> {
+    fn verified(&self, _: usize, _: &Layer) -> Result<()> {
         Ok(())
     }
 }
@@ -153,7 +153,7 @@ impl Drop for Active<'_> {
 /// An extracted, not yet committed layer and its uncompressed size.
 /// `None`: a detached extraction met an entry that needs the layers below (see
 /// [`WhiteoutMode::OverlayDetached`]); the layer must be extracted again over them.
-type Extracted<'a> = PullResult<Option<(Active<'a>, u64)>>;
+type Extracted<'a> = Result<Option<(Active<'a>, u64)>>;
 
 /// Prefix of the keys of extraction snapshots: `strata/extract/<pid>-<time>-<n>/<chainID>`.
 pub const EXTRACT_PREFIX: &str = "strata/extract/";
@@ -189,7 +189,7 @@ struct Target {
 }
 
 impl Target {
-    fn new(mounts: &[Mount]) -> PullResult<Target> {
+    fn new(mounts: &[Mount]) -> Result<Target> {
         if let [m] = mounts
             && (m.r#type == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind"))
             && !m.options.iter().any(|o| o == "ro")
@@ -202,8 +202,8 @@ impl Target {
         let tmp = tempfile::Builder::new()
             .prefix("strata-unpack-")
             .tempdir()
-            .map_err(|e| PullError::internal("create a mount point for unpacking", e))?;
-        mount_all(mounts, tmp.path()).map_err(|e| PullError::from_snapshot("mount layer", e))?;
+            .map_err(|e| Error::internal("create a mount point for unpacking", e))?;
+        mount_all(mounts, tmp.path()).context("mount layer")?;
         Ok(Target {
             dir: tmp.path().to_owned(),
             mounted: Some(tmp),
@@ -272,14 +272,11 @@ fn with_flusher<T>(dir: &Path, extract: impl FnOnce(&AtomicU64) -> T) -> T {
     })
 }
 
-fn syncfs(dir: &Path) -> PullResult<()> {
-    let f = File::open(dir).map_err(|e| PullError::internal("open layer dir to sync", e))?;
+fn syncfs(dir: &Path) -> Result<()> {
+    let f = File::open(dir).map_err(|e| Error::internal("open layer dir to sync", e))?;
     // SAFETY: syncfs takes a valid open descriptor, which `f` owns for the call.
     if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(PullError::internal(
-            "syncfs",
-            std::io::Error::last_os_error(),
-        ));
+        return Err(Error::internal("syncfs", std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -315,7 +312,7 @@ impl Unpacker<'_> {
         let mounts = self
             .snapshotter
             .prepare(&key, parent, labels)
-            .map_err(|e| PullError::from_snapshot(&format!("prepare layer {i}"), e))?;
+            .with_context(|| format!("prepare layer {i}"))?;
         let active = Active {
             sn: self.snapshotter,
             key,
@@ -330,7 +327,7 @@ impl Unpacker<'_> {
             BufReader::with_capacity(1 << 20, blob),
             &self.limits,
         )
-        .map_err(|e| PullError::from_apply(i, e))?;
+        .map_err(|e| Error::caused_by(format!("unpack layer {i}"), e))?;
         // Through a mount the filesystem makes its own whiteouts from deletions.
         let mode = if target.mounted.is_some() {
             WhiteoutMode::Delete
@@ -352,13 +349,13 @@ impl Unpacker<'_> {
         });
         // A failed download explains a failed extraction better than the read error does.
         src.verified(i, layer)?;
-        if let Err(crate::Error::NeedsLowerLayers { path, reason }) = &applied {
+        if let Err(crate::ApplyError::NeedsLowerLayers { path, reason }) = &applied {
             tracing::debug!(layer = i, entry = %path, reason, "layer needs its parents; applying it again over them");
             return Ok(None);
         }
-        let stats = applied.map_err(|e| PullError::from_apply(i, e))?;
+        let stats = applied.map_err(|e| Error::caused_by(format!("unpack layer {i}"), e))?;
         if stats.diff_id != layer.diff_id {
-            return Err(PullError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "layer {i} ({}) extracts to {}, but the image config says {}",
                 layer.digest, stats.diff_id, layer.diff_id
             )));
@@ -388,10 +385,10 @@ impl Unpacker<'_> {
         layer: &Layer,
         chain: &Digest,
         parent: Option<&str>,
-    ) -> PullResult<(Active<'_>, u64)> {
+    ) -> Result<(Active<'_>, u64)> {
         self.extract(src, i, layer, chain, parent, false)?
             .ok_or_else(|| {
-                PullError::internal(
+                Error::internal(
                     "unpack",
                     std::io::Error::other("an attached extraction asked for its parents"),
                 )
@@ -403,7 +400,7 @@ impl Unpacker<'_> {
         &self,
         layers: &[Layer],
         on: &(dyn Fn(UnpackEvent) + Sync),
-    ) -> PullResult<Option<Digest>> {
+    ) -> Result<Option<Digest>> {
         let src = StoreSource {
             store: self.store,
             scope: self.scope,
@@ -418,7 +415,7 @@ impl Unpacker<'_> {
         src: &dyn LayerSource,
         layers: &[Layer],
         on: &(dyn Fn(UnpackEvent) + Sync),
-    ) -> PullResult<Option<Digest>> {
+    ) -> Result<Option<Digest>> {
         let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
         let chains = chain_ids(&diff_ids);
         match self.rebase {
@@ -434,7 +431,7 @@ impl Unpacker<'_> {
         layers: &[Layer],
         chains: &[Digest],
         on: &(dyn Fn(UnpackEvent) + Sync),
-    ) -> PullResult<()> {
+    ) -> Result<()> {
         for (i, layer) in layers.iter().enumerate() {
             let chain = &chains[i];
             if self.is_committed(chain) {
@@ -468,7 +465,7 @@ impl Unpacker<'_> {
         chain: &Digest,
         active: &mut Active<'_>,
         rebase: Option<(&(dyn Rebase + Send + Sync), Option<&str>)>,
-    ) -> PullResult<()> {
+    ) -> Result<()> {
         let labels = self.commit_labels(chain);
         let name = chain.to_string();
         let r = match rebase {
@@ -481,7 +478,7 @@ impl Unpacker<'_> {
                 Ok(())
             }
             Err(e) if e.kind() == strata_snapshotter::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(PullError::from_snapshot(&format!("commit layer {i}"), e)),
+            Err(e) => Err(e.context(format!("commit layer {i}"))),
         }
     }
 
@@ -492,7 +489,7 @@ impl Unpacker<'_> {
         chains: &[Digest],
         rebase: &(dyn Rebase + Send + Sync),
         on: &(dyn Fn(UnpackEvent) + Sync),
-    ) -> PullResult<()> {
+    ) -> Result<()> {
         // Layers already committed (and everything below them) need no work; find the
         // lowest missing one.
         let first_missing = (0..layers.len())
@@ -538,7 +535,7 @@ impl Unpacker<'_> {
             match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
                 Some(r) => extracted.push((todo[n], r?)),
                 None => {
-                    return Err(PullError::internal(
+                    return Err(Error::internal(
                         "unpack",
                         std::io::Error::other("a layer was not extracted after another failed"),
                     ));

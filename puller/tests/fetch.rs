@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use strata_content::testsuite::{content, digest_of};
 use strata_content::{Labels, LocalStore, Provider, Scope, StoreOptions};
 use strata_puller::fetch::CHUNKED_MIN;
-use strata_puller::{Blob, BlobSource, Fetched, PullResult, fetch_blob};
+use strata_puller::{Blob, BlobSource, Fetched, Result, fetch_blob};
 
 /// Serves `data`, honouring ranges or not, cutting each connection after `cut` bytes.
 struct Source {
@@ -35,7 +35,7 @@ impl Source {
 }
 
 impl BlobSource for Source {
-    fn open(&self, _: &Blob, offset: u64) -> PullResult<(Box<dyn Read + Send>, u64)> {
+    fn open(&self, _: &Blob, offset: u64) -> Result<(Box<dyn Read + Send>, u64)> {
         self.opens.fetch_add(1, Ordering::SeqCst);
         self.offsets.lock().unwrap().push(offset);
         let start = if self.honour_range {
@@ -54,7 +54,7 @@ impl BlobSource for Source {
         &self,
         _: &Blob,
         range: std::ops::Range<u64>,
-    ) -> PullResult<Option<Box<dyn Read + Send>>> {
+    ) -> Result<Option<Box<dyn Read + Send>>> {
         if !self.honour_range {
             return Ok(None);
         }

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 
 use common::{Sandbox, Tar};
-use strata_puller::{Error, ErrorKind, Limit, Limits, WhiteoutMode, apply_layer, open_layer};
+use strata_puller::{ApplyError, ErrorKind, Limit, Limits, WhiteoutMode, apply_layer, open_layer};
 
 const MODES: [WhiteoutMode; 2] = [WhiteoutMode::Overlay, WhiteoutMode::Delete];
 
@@ -15,12 +15,12 @@ fn apply(
     sb: &Sandbox,
     tar: &[u8],
     mode: WhiteoutMode,
-) -> strata_puller::Result<strata_puller::ApplyStats> {
+) -> strata_puller::ApplyResult<strata_puller::ApplyStats> {
     apply_layer(tar, &sb.root, mode, &Limits::default())
 }
 
 /// Applies `tar` in both whiteout modes; returns the errors.
-fn refused_in_both_modes(tar: &[u8]) -> Vec<Error> {
+fn refused_in_both_modes(tar: &[u8]) -> Vec<ApplyError> {
     MODES
         .iter()
         .map(|&mode| {
@@ -32,7 +32,7 @@ fn refused_in_both_modes(tar: &[u8]) -> Vec<Error> {
         .collect()
 }
 
-fn assert_refused(err: &Error, needle: &str) {
+fn assert_refused(err: &ApplyError, needle: &str) {
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err:?}");
     let msg = err.to_string();
     assert!(
@@ -46,7 +46,7 @@ fn dotdot_name_is_refused() {
     require_root!();
     let tar = Tar::new().file("../x", b"evil").finish();
     for err in refused_in_both_modes(&tar) {
-        assert!(matches!(err, Error::Refused { .. }), "{err:?}");
+        assert!(matches!(err, ApplyError::Refused { .. }), "{err:?}");
         assert_refused(&err, "'..'");
         assert_refused(&err, "\"../x\"");
     }
@@ -301,7 +301,7 @@ fn whiteouts_of_dot_and_dotdot_are_refused() {
     for name in [".wh...", ".wh..", ".wh.", "d/.wh...", "d/.wh.."] {
         let tar = Tar::new().dir("d").file(name, b"").finish();
         for err in refused_in_both_modes(&tar) {
-            assert!(matches!(err, Error::Refused { .. }), "{name}: {err:?}");
+            assert!(matches!(err, ApplyError::Refused { .. }), "{name}: {err:?}");
             assert_refused(&err, "whiteout names no file");
         }
     }
@@ -411,7 +411,7 @@ fn decompression_bomb_hits_the_total_limit() {
     let layer = open_layer(None, &bomb[..], &limits).unwrap();
     let err = apply_layer(layer, &sb.root, WhiteoutMode::Overlay, &limits).unwrap_err();
     assert!(
-        matches!(err, Error::LimitExceeded { what: Limit::TotalBytes, limit, .. } if limit == 64 << 20),
+        matches!(err, ApplyError::LimitExceeded { what: Limit::TotalBytes, limit, .. } if limit == 64 << 20),
         "{err:?}"
     );
     assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
@@ -444,7 +444,7 @@ fn decompression_bomb_hits_the_total_limit() {
     assert!(
         matches!(
             err,
-            Error::LimitExceeded {
+            ApplyError::LimitExceeded {
                 what: Limit::TotalBytes,
                 ..
             }
@@ -470,7 +470,7 @@ fn entry_count_bomb_hits_the_entry_limit() {
     assert!(
         matches!(
             err,
-            Error::LimitExceeded {
+            ApplyError::LimitExceeded {
                 what: Limit::Entries,
                 limit: 100,
                 ..
@@ -497,7 +497,7 @@ fn giant_extension_headers_are_refused_before_buffering() {
         assert!(
             matches!(
                 err,
-                Error::LimitExceeded {
+                ApplyError::LimitExceeded {
                     what: Limit::HeaderSize,
                     ..
                 }
@@ -511,7 +511,7 @@ fn giant_extension_headers_are_refused_before_buffering() {
     let sb = Sandbox::new();
     let err = apply(&sb, &tar, WhiteoutMode::Overlay).unwrap_err();
     assert!(
-        matches!(err, Error::LimitExceeded { what: Limit::HeaderSize, limit, .. } if limit == 1 << 20)
+        matches!(err, ApplyError::LimitExceeded { what: Limit::HeaderSize, limit, .. } if limit == 1 << 20)
     );
     sb.assert_outside_untouched();
     // Long paths and components.
@@ -524,7 +524,7 @@ fn giant_extension_headers_are_refused_before_buffering() {
     assert!(
         matches!(
             err,
-            Error::LimitExceeded {
+            ApplyError::LimitExceeded {
                 what: Limit::PathLength,
                 ..
             }
@@ -539,7 +539,7 @@ fn giant_extension_headers_are_refused_before_buffering() {
     assert!(
         matches!(
             err,
-            Error::LimitExceeded {
+            ApplyError::LimitExceeded {
                 what: Limit::ComponentLength,
                 ..
             }
@@ -588,7 +588,7 @@ fn zstd_frame_with_a_huge_window_is_refused() {
     assert!(
         matches!(
             err,
-            Error::LimitExceeded {
+            ApplyError::LimitExceeded {
                 what: Limit::ZstdWindow,
                 ..
             }
@@ -616,7 +616,10 @@ fn truncated_and_corrupt_tars_are_malformed() {
     for cut in [100, 512 + 1000, 512 + 3072 + 200] {
         let sb = Sandbox::new();
         let err = apply(&sb, &tar[..cut], WhiteoutMode::Overlay).unwrap_err();
-        assert!(matches!(err, Error::Malformed { .. }), "cut {cut}: {err:?}");
+        assert!(
+            matches!(err, ApplyError::Malformed { .. }),
+            "cut {cut}: {err:?}"
+        );
         assert!(err.to_string().contains("truncated"), "{err}");
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     }
@@ -626,7 +629,7 @@ fn truncated_and_corrupt_tars_are_malformed() {
     let sb = Sandbox::new();
     let err = apply(&sb, &bad, WhiteoutMode::Overlay).unwrap_err();
     assert!(
-        matches!(err, Error::Malformed { offset: 3584, .. }),
+        matches!(err, ApplyError::Malformed { offset: 3584, .. }),
         "{err:?}"
     );
     assert!(err.to_string().contains("checksum"), "{err}");
@@ -689,6 +692,6 @@ fn unknown_media_type_is_refused() {
     )
     .err()
     .unwrap();
-    assert!(matches!(err, Error::UnsupportedMediaType(_)));
+    assert!(matches!(err, ApplyError::UnsupportedMediaType(_)));
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 }

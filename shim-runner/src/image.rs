@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{Deserializer, MapAccess, Visitor};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// Largest image config accepted, in bytes (4 MiB; real configs are a few KiB, and the
 /// whole document is held in memory to parse it).

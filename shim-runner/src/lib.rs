@@ -37,7 +37,6 @@
 
 #![warn(missing_docs)]
 
-mod error;
 pub mod events;
 pub mod image;
 pub mod lifecycle;
@@ -47,8 +46,8 @@ pub mod shim;
 pub mod spec;
 pub mod user;
 
-pub use error::{Error, ErrorKind, Result};
 pub use image::ContainerConfig;
 pub use oci_spec::runtime::Spec;
 pub use runc::Runc;
 pub use spec::{BindMount, ContainerId, Network, RunOptions, generate};
+pub use strata_proto::{Error, ErrorKind, Result, ResultExt};

@@ -43,12 +43,12 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
-use crate::error::{Error, ErrorKind, Result};
 use crate::events::{self, Events};
 use crate::image::ContainerConfig;
 use crate::runc::Runc;
 use crate::shim::{self, Exit, ShimClient, SpawnOptions};
 use crate::spec::{BindMount, ContainerId, Network, RunOptions};
+use crate::{Error, ErrorKind, Result, ResultExt};
 
 /// The label every container snapshot carries: which container owns it.
 pub const CONTAINER_LABEL: &str = "strata.io/container";
@@ -393,10 +393,6 @@ impl Lifecycle {
         Ok(GrpcSnapshotter::new(channel, self.rt.clone(), snapshotter).with_namespace(ns))
     }
 
-    fn snapshot_error(what: String) -> impl FnOnce(strata_snapshotter::Error) -> Error {
-        move |e| Error::new(e.kind(), what).with_source(e)
-    }
-
     /// Creates a container: resolves its image, prepares its snapshot, generates its
     /// spec (the rootfs is mounted meanwhile, to read its `/etc/passwd`) and records it.
     /// Blocking. Nothing is left behind when it fails.
@@ -450,7 +446,7 @@ impl Lifecycle {
             .block_on(self.store.get("content store"))
             .map_err(|s| Error::new(ErrorKind::Unavailable, s.message().to_owned()))?;
         let image = strata_puller::local::resolve(&store, ns, &req.image, &platform)
-            .map_err(|e| Error::new(e.kind(), format!("image {}", req.image)).with_source(e))?;
+            .map_err(|e| e.context(format!("image {}", req.image)))?;
         let config = ContainerConfig::from_image_config_json(&image.config)?;
 
         let snapshotter = if req.snapshotter.is_empty() {
@@ -472,7 +468,7 @@ impl Lifecycle {
                     ),
                 ));
             }
-            Err(e) => return Err(Self::snapshot_error(format!("stat snapshot {chain}"))(e)),
+            Err(e) => return Err(e.context(format!("stat snapshot {chain}"))),
         }
         let mut labels = Labels::new();
         labels.insert(CONTAINER_LABEL.into(), format!("{ns}/{id}"));
@@ -494,12 +490,12 @@ impl Lifecycle {
                 warn!(key, "replacing the snapshot of an unrecorded container");
                 let _ = strata_snapshotter::mount::unmount_all(&dir.join("rootfs"));
                 sn.remove(&key)
-                    .map_err(Self::snapshot_error(format!("remove stale snapshot {key}")))?;
+                    .with_context(|| format!("remove stale snapshot {key}"))?;
                 sn.prepare(&key, Some(&chain), labels)
             }
             other => other,
         }
-        .map_err(Self::snapshot_error(format!("prepare snapshot {key}")))?;
+        .with_context(|| format!("prepare snapshot {key}"))?;
         let made = (|| {
             let rootfs = dir.join("rootfs");
             fs::DirBuilder::new()
@@ -508,7 +504,7 @@ impl Lifecycle {
                 .create(&rootfs)
                 .map_err(|e| io_error(format!("create {}", rootfs.display()), e))?;
             strata_snapshotter::mount::mount_all(&mounts, &rootfs)
-                .map_err(|e| Error::new(e.kind(), "mount rootfs").with_source(e))?;
+                .map_err(|e| e.context("mount rootfs"))?;
             let spec = crate::spec::generate(&config, &rootfs, &opts);
             if let Err(e) = strata_snapshotter::mount::unmount_all(&rootfs) {
                 warn!(error = %e, "unmount rootfs after spec generation");
@@ -624,17 +620,13 @@ impl Lifecycle {
         }
         let dir = self.container_dir(ns.as_str(), id);
         let rootfs = dir.join("rootfs");
-        strata_snapshotter::mount::unmount_all(&rootfs)
-            .map_err(|e| Error::new(e.kind(), "unmount rootfs").with_source(e))?;
+        strata_snapshotter::mount::unmount_all(&rootfs).map_err(|e| e.context("unmount rootfs"))?;
         let sn = self.snapshotter(&record.snapshots_address, &record.snapshotter, ns.as_str())?;
         match sn.remove(&record.snapshot_key) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => {
-                return Err(Self::snapshot_error(format!(
-                    "remove snapshot {}",
-                    record.snapshot_key
-                ))(e));
+                return Err(e.context(format!("remove snapshot {}", record.snapshot_key)));
             }
         }
         // The record goes first: a crash after it leaves an orphan directory, not a
@@ -726,15 +718,12 @@ impl Lifecycle {
         let sn = self.snapshotter(&record.snapshots_address, &record.snapshotter, ns.as_str())?;
         let mounts = sn
             .mounts(&record.snapshot_key)
-            .map_err(Self::snapshot_error(format!(
-                "mounts of snapshot {}",
-                record.snapshot_key
-            )))?;
+            .with_context(|| format!("mounts of snapshot {}", record.snapshot_key))?;
         // A daemon that died mid-delete may have left the rootfs mounted: never stack.
         strata_snapshotter::mount::unmount_all(&rootfs)
-            .map_err(|e| Error::new(e.kind(), "unmount a stale rootfs").with_source(e))?;
+            .map_err(|e| e.context("unmount a stale rootfs"))?;
         strata_snapshotter::mount::mount_all(&mounts, &rootfs)
-            .map_err(|e| Error::new(e.kind(), "mount rootfs").with_source(e))?;
+            .map_err(|e| e.context("mount rootfs"))?;
         let spawned = (|| {
             write_atomic(
                 &dir.join("config.json"),
@@ -1006,7 +995,7 @@ impl Lifecycle {
             t.init.exit.send_replace(Some(exit));
         }
         strata_snapshotter::mount::unmount_all(&t.dir.join("rootfs"))
-            .map_err(|e| Error::new(e.kind(), "unmount rootfs").with_source(e))?;
+            .map_err(|e| e.context("unmount rootfs"))?;
         for name in ["shim.sock", "shim.pid", "init.pid", "config.json"] {
             let _ = fs::remove_file(t.dir.join(name));
         }

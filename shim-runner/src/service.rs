@@ -21,11 +21,11 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::error::{Error, ErrorKind};
 use crate::events;
 use crate::lifecycle::{ContainerRecord, CreateContainer, ExecProcess, Lifecycle, TaskState};
 use crate::shim::Exit;
 use crate::shim::log::FrameReader;
+use crate::{Error, ErrorKind};
 
 /// How often a followed log is read again while its process runs.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(20);

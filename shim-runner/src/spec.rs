@@ -40,9 +40,9 @@ use oci_spec::runtime::{
 };
 use strata_content::Namespace;
 
-use crate::error::{Error, ErrorKind, Result};
 use crate::image::ContainerConfig;
 use crate::user;
+use crate::{Error, ErrorKind, Result};
 
 /// The runtime spec version written, as containerd 1.6 writes it.
 pub const OCI_VERSION: &str = "1.0.2-dev";

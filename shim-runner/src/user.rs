@@ -40,7 +40,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
 use nix::sys::stat::Mode;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// Largest `/etc/passwd` or `/etc/group` read from a rootfs, in bytes (1 MiB).
 pub const MAX_ETC_FILE_SIZE: u64 = 1 << 20;

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use crate::error::Result;
+use crate::Result;
 
 /// Labels of a snapshot, ordered by key.
 pub type Labels = BTreeMap<String, String>;

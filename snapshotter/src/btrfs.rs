@@ -24,13 +24,13 @@
 //! relative to the `snapshots` directory's descriptor, never by a path a container can
 //! change.
 
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2, renameat};
@@ -38,10 +38,11 @@ use nix::sys::stat::{FileStat, Mode, fchmod, fstatat};
 use nix::sys::statfs::{BTRFS_SUPER_MAGIC, fstatfs, statfs};
 use tracing::warn;
 
-use crate::api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter, Usage};
-use crate::error::{Error, ErrorKind, Result};
-use crate::fsutil::{io, is_live, temp_name};
-use crate::meta::{MetaStore, Snapshot};
+use crate::api::{Kind, Mount, Usage};
+use crate::driver::{Driver, MetaSnapshotter};
+use crate::fsutil::{io, is_live};
+use crate::meta::Snapshot;
+use crate::{Error, ErrorKind, Result};
 
 /// The kernel's ioctl interface to subvolumes (`linux/btrfs.h`).
 mod ioc {
@@ -179,21 +180,30 @@ fn not_btrfs(path: &Path, found: i64) -> Error {
     )
 }
 
-/// The btrfs snapshotter.
-pub struct BtrfsSnapshotter {
-    root: PathBuf,
-    /// `<root>/snapshots`, opened once: every subvolume is named relative to it.
-    snaps: OwnedFd,
-    meta: MetaStore,
-    /// Serialises commits, so a failed commit can clear the read-only flag it set without
-    /// undoing a concurrent commit of the same key that succeeded.
-    commit: Mutex<()>,
-}
+/// The btrfs snapshotter: the btrfs [`Driver`] under the shared metadata.
+pub type BtrfsSnapshotter = MetaSnapshotter<BtrfsDriver>;
 
 impl BtrfsSnapshotter {
     /// Opens (creating) a btrfs snapshotter rooted at `root`, which must be on btrfs
     /// (`InvalidArgument` otherwise, before anything is created).
     pub fn new(root: &Path) -> Result<Self> {
+        let driver = BtrfsDriver::open(root)?;
+        MetaSnapshotter::open(&root.join("metadata"), driver)
+    }
+}
+
+/// The storage of the btrfs backend: a subvolume per snapshot. Commits seal (flip the
+/// subvolume read-only), so the generic snapshotter serialises them: a failed commit can
+/// then clear the flag it set without undoing a concurrent commit of the same key that
+/// succeeded.
+pub struct BtrfsDriver {
+    root: PathBuf,
+    /// `<root>/snapshots`, opened once: every subvolume is named relative to it.
+    snaps: OwnedFd,
+}
+
+impl BtrfsDriver {
+    fn open(root: &Path) -> Result<Self> {
         let existing = root
             .ancestors()
             .map(|p| {
@@ -227,12 +237,9 @@ impl BtrfsSnapshotter {
         if st.filesystem_type() != BTRFS_SUPER_MAGIC {
             return Err(not_btrfs(&snaps_path, st.filesystem_type().0));
         }
-        let meta = MetaStore::open(&root.join("metadata"))?;
-        Ok(BtrfsSnapshotter {
+        Ok(BtrfsDriver {
             root: root.to_owned(),
             snaps,
-            meta,
-            commit: Mutex::new(()),
         })
     }
 
@@ -283,77 +290,6 @@ impl BtrfsSnapshotter {
         }
     }
 
-    fn create(
-        &self,
-        key: &str,
-        parent: Option<&str>,
-        kind: Kind,
-        labels: &Labels,
-    ) -> Result<Vec<Mount>> {
-        let parent = parent.filter(|p| !p.is_empty());
-        // The parent's id is needed before the metadata exists (the subvolume comes first);
-        // `meta.create` checks the parent again atomically, and the id is compared below.
-        let parent_id = match parent {
-            None => None,
-            Some(p) => {
-                let s = self.meta.get(p).map_err(|e| {
-                    if e.kind() == ErrorKind::NotFound {
-                        Error::new(
-                            ErrorKind::NotFound,
-                            format!("parent snapshot {p:?} does not exist"),
-                        )
-                    } else {
-                        e
-                    }
-                })?;
-                if s.kind != Kind::Committed {
-                    return Err(Error::new(
-                        ErrorKind::InvalidArgument,
-                        format!("parent {p:?} is not a committed snapshot"),
-                    ));
-                }
-                Some(s.id)
-            }
-        };
-        // Subvolume under a temp name, then metadata, then rename: a failure at any step
-        // undoes the earlier ones, and a crash leaves only a temp subvolume for Cleanup.
-        let tmp = temp_name();
-        self.make_subvolume(&tmp, parent_id, kind)?;
-        let snaps = self.snaps.as_fd();
-        let undo_subvol = |e: Error| {
-            if let Err(d) = destroy(snaps, &tmp) {
-                warn!(error = %d, name = tmp, "temp subvolume left for cleanup");
-            }
-            e
-        };
-        let s = self
-            .meta
-            .create(key, parent, kind, labels)
-            .map_err(undo_subvol)?;
-        let undo_all = |e: Error| {
-            let _ = self.meta.remove(key);
-            undo_subvol(e)
-        };
-        if s.parent_ids.first().copied() != parent_id {
-            return Err(undo_all(Error::new(
-                ErrorKind::Aborted,
-                format!(
-                    "parent {:?} was replaced while {key:?} was created; retry",
-                    parent.unwrap_or_default()
-                ),
-            )));
-        }
-        if let Err(e) = renameat(snaps, tmp.as_str(), snaps, s.id.to_string().as_str()) {
-            return Err(undo_all(io(
-                "rename snapshot into place",
-                &self.dir(s.id),
-                e.into(),
-            )));
-        }
-        Ok(self.mounts_of(&s))
-    }
-
-    /// The snapshot's own usage: what differs from its nearest parent.
     fn diff_usage(&self, s: &Snapshot) -> Result<Usage> {
         let top = self.open_snapshot(s.id)?;
         let parent = match s.parent_ids.first() {
@@ -444,92 +380,58 @@ fn diff_usage(top: BorrowedFd<'_>, parent: Option<BorrowedFd<'_>>) -> std::io::R
     Ok(usage)
 }
 
-impl Snapshotter for BtrfsSnapshotter {
-    fn stat(&self, key: &str) -> Result<Info> {
-        self.meta.stat(key)
+impl Driver for BtrfsDriver {
+    fn create(&self, tmp: &str, parent: Option<u64>, kind: Kind) -> Result<()> {
+        self.make_subvolume(tmp, parent, kind)
     }
 
-    fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
-        self.meta.update(&info, fieldpaths)
+    fn install(&self, tmp: &str, id: u64) -> Result<()> {
+        let snaps = self.snaps.as_fd();
+        renameat(snaps, tmp, snaps, id.to_string().as_str())
+            .map_err(|e| io("rename snapshot into place", &self.dir(id), e.into()))
     }
 
-    fn usage(&self, key: &str) -> Result<Usage> {
-        let s = self.meta.get(key)?;
-        match s.kind {
-            Kind::Committed => self.meta.usage(key),
-            _ => self.diff_usage(&s),
+    fn discard(&self, tmp: &str) {
+        if let Err(d) = destroy(self.snaps.as_fd(), tmp) {
+            warn!(error = %d, name = tmp, "temp subvolume left for cleanup");
         }
     }
 
-    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
-        let s = self.meta.get(key)?;
-        if s.kind == Kind::Committed {
-            return Err(Error::new(
-                ErrorKind::FailedPrecondition,
-                format!("snapshot {key:?} is committed: mount a view of it"),
-            ));
-        }
-        Ok(self.mounts_of(&s))
+    fn mounts(&self, s: &Snapshot) -> Vec<Mount> {
+        self.mounts_of(s)
     }
 
-    fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        self.create(key, parent, Kind::Active, &labels)
+    fn usage(&self, s: &Snapshot) -> Result<Usage> {
+        self.diff_usage(s)
     }
 
-    fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        self.create(key, parent, Kind::View, &labels)
+    fn seals_on_commit(&self) -> bool {
+        true
     }
 
-    fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
-        let not_active = || {
-            Error::new(
-                ErrorKind::FailedPrecondition,
-                format!("snapshot {key:?} is not active"),
-            )
-        };
-        let s = self.meta.get(key)?;
-        if s.kind != Kind::Active {
-            return Err(not_active());
-        }
-        // Measured once here (outside the lock: it walks the whole layer), so usage of a
-        // committed snapshot is a metadata read.
-        let usage = self.diff_usage(&s)?;
-        let _c = self.commit.lock().unwrap_or_else(|e| e.into_inner());
-        // Under the lock, `key` still active with the same id means the subvolume is ours
-        // to flip (and to flip back if the metadata commit fails).
-        let now = self.meta.get(key)?;
-        if now.kind != Kind::Active || now.id != s.id {
-            return Err(not_active());
-        }
+    fn seal(&self, s: &Snapshot) -> Result<()> {
         let fd = self.open_snapshot(s.id)?;
-        set_readonly(fd.as_fd(), true).map_err(|e| io("set read-only", &self.dir(s.id), e))?;
-        if let Err(e) = self.meta.commit(key, name, &labels, usage) {
-            if let Err(u) = set_readonly(fd.as_fd(), false) {
-                warn!(error = %u, id = s.id, "active snapshot left read-only after a failed commit");
-            }
-            return Err(e);
-        }
-        Ok(())
+        set_readonly(fd.as_fd(), true).map_err(|e| io("set read-only", &self.dir(s.id), e))
     }
 
-    fn remove(&self, key: &str) -> Result<()> {
-        let (id, _) = self.meta.remove(key)?;
+    fn unseal(&self, s: &Snapshot) {
+        let undone = self.open_snapshot(s.id).and_then(|fd| {
+            set_readonly(fd.as_fd(), false).map_err(|e| io("clear read-only", &self.dir(s.id), e))
+        });
+        if let Err(u) = undone {
+            warn!(error = %u, id = s.id, "active snapshot left read-only after a failed commit");
+        }
+    }
+
+    fn remove(&self, id: u64) {
         // Destroying a subvolume unlinks it at once (the kernel frees it in the
         // background), so no half-removed tree can be taken for a live snapshot.
         if let Err(e) = destroy(self.snaps.as_fd(), &id.to_string()) {
             warn!(error = %e, id, "snapshot subvolume left for cleanup");
         }
-        Ok(())
     }
 
-    fn walk(&self, filters: &[String], f: &mut dyn FnMut(Info) -> Result<()>) -> Result<()> {
-        self.meta.walk(filters, f)
-    }
-}
-
-impl Cleanup for BtrfsSnapshotter {
-    fn cleanup(&self) -> Result<()> {
-        let ids = self.meta.ids()?;
+    fn cleanup(&self, ids: &HashMap<u64, String>) -> Result<()> {
         let snaps_path = self.root.join("snapshots");
         let snaps = self.snaps.as_fd();
         let mut first_err = None;
@@ -539,7 +441,7 @@ impl Cleanup for BtrfsSnapshotter {
                 continue;
             };
             // Temp subvolumes of this process belong to creations in flight.
-            if is_live(&name, &ids) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if is_live(&name, ids) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
             // Only direct children of our own directory are removed, by name: nothing

@@ -18,7 +18,7 @@ use tonic::Request;
 use tonic::transport::Channel;
 
 use crate::api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Snapshotter, Usage};
-use crate::error::{Error, ErrorKind, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// A snapshotter reached over gRPC.
 #[derive(Clone)]

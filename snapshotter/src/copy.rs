@@ -24,7 +24,7 @@ use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, Whence};
 
-use crate::error::Result;
+use crate::Result;
 use crate::fsutil::io;
 
 /// Directory levels whose fds stay open; deeper ancestors are closed and reopened by name

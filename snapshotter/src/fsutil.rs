@@ -8,17 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use crate::api::Usage;
-use crate::error::{Error, ErrorKind, Result};
+use crate::{Error, Result};
 
-/// An I/O error on `path` during `op`; a missing file is `NotFound`, anything else
-/// `Internal`.
+/// An I/O error on `path` during `op`, with the kind of strata's one I/O table.
 pub(crate) fn io(op: &str, path: &Path, e: std::io::Error) -> Error {
-    let kind = if e.kind() == std::io::ErrorKind::NotFound {
-        ErrorKind::NotFound
-    } else {
-        ErrorKind::Internal
-    };
-    Error::new(kind, format!("{op} {}", path.display())).with_source(e)
+    Error::io(op, path, e)
 }
 
 /// Prefix of this process's temp dirs for snapshots being created.
@@ -169,5 +163,61 @@ impl Drop for Reaper {
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The `<root>/snapshots/` directory of a directory-per-snapshot driver (overlayfs,
+/// native): storage is made under a temp name, renamed to the snapshot's id, and retired
+/// through a [`Reaper`]. What [`Driver`](crate::Driver) asks of such a backend, once.
+pub(crate) struct SnapshotDirs {
+    dir: PathBuf,
+    reaper: Reaper,
+}
+
+impl SnapshotDirs {
+    /// Opens (creating, mode 0700) `<root>/snapshots`.
+    pub(crate) fn open(root: &Path) -> Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = root.join("snapshots");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| io("create", &dir, e))?;
+        Ok(SnapshotDirs {
+            dir,
+            reaper: Reaper::new(),
+        })
+    }
+
+    /// The directory of snapshot `id`.
+    pub(crate) fn of(&self, id: u64) -> PathBuf {
+        self.dir.join(id.to_string())
+    }
+
+    /// The path of temp storage `tmp`.
+    pub(crate) fn temp(&self, tmp: &str) -> PathBuf {
+        self.dir.join(tmp)
+    }
+
+    /// Renames temp storage into place as snapshot `id`.
+    pub(crate) fn install(&self, tmp: &str, id: u64) -> Result<()> {
+        fs::rename(self.temp(tmp), self.of(id))
+            .map_err(|e| io("rename snapshot into place", &self.of(id), e))
+    }
+
+    /// Deletes temp storage that never got installed.
+    pub(crate) fn discard(&self, tmp: &str) {
+        let _ = fs::remove_dir_all(self.temp(tmp));
+    }
+
+    /// Retires snapshot `id`'s directory (see [`Reaper::retire`]).
+    pub(crate) fn remove(&self, id: u64) {
+        self.reaper.retire(&self.dir, id);
+    }
+
+    /// Removes directories no live snapshot owns (see [`Reaper::cleanup`]).
+    pub(crate) fn cleanup(&self, live: &std::collections::HashMap<u64, String>) -> Result<()> {
+        self.reaper.cleanup(&self.dir, live)
     }
 }

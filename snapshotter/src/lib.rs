@@ -4,8 +4,11 @@
 //! - [`api`]: the [`Snapshotter`] contract (prepare, view, mounts, commit, remove, stat,
 //!   update, usage, walk) and capability traits such as [`Cleanup`].
 //! - [`meta`]: the [`MetaStore`] every backend shares: ids, kinds, parent chains, labels
-//!   and usage in RocksDB, one atomic batch per operation. Backends own only directories
-//!   named by snapshot id.
+//!   and usage in RocksDB, one atomic batch per operation.
+//! - [`driver`]: a backend is a [`Driver`] (storage named by snapshot id: create,
+//!   install, mounts, usage, seal at commit, remove, cleanup); [`MetaSnapshotter`] puts
+//!   one over the MetaStore and implements [`Snapshotter`], [`Cleanup`] and, for a
+//!   [`DiffDriver`], [`Rebase`] once. A new backend is one driver file.
 //! - [`overlay`]: the overlayfs backend, laid out and mounted as containerd's.
 //! - [`btrfs`]: the btrfs backend: one subvolume per snapshot, made by kernel ioctls, a
 //!   layer on a parent is a copy-on-write snapshot of it.
@@ -18,8 +21,9 @@
 //! - [`mount`]: mounting what a snapshotter returns, long overlay chains included.
 //! - [`testsuite`]: containerd's conformance cases, for any [`Snapshotter`].
 //!
-//! A layer import flows: `prepare(key, parent)` -> the backend asks the MetaStore for a
-//! new id and the parent chain, makes `<id>/` and returns mounts -> the caller applies the
+//! A layer import flows: `prepare(key, parent)` -> the driver makes storage under a temp
+//! name, the MetaStore gives it an id and the parent chain, the driver renames it to
+//! `<id>` and returns mounts -> the caller applies the
 //! layer -> `commit(name, key)` measures usage and records it under `name`.
 
 #![warn(missing_docs)]
@@ -28,7 +32,8 @@ pub mod api;
 pub mod btrfs;
 pub mod client;
 pub mod copy;
-mod error;
+pub mod driver;
+
 mod fsutil;
 pub mod meta;
 pub mod mount;
@@ -38,11 +43,12 @@ pub mod service;
 pub mod testsuite;
 
 pub use api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Snapshotter, Usage};
-pub use btrfs::BtrfsSnapshotter;
+pub use btrfs::{BtrfsDriver, BtrfsSnapshotter};
 pub use client::GrpcSnapshotter;
 pub use copy::copy_tree;
-pub use error::{Error, ErrorKind, Result};
+pub use driver::{DiffDriver, Driver, MetaSnapshotter};
 pub use fsutil::disk_usage;
 pub use meta::{MetaStore, Snapshot};
-pub use native::NativeSnapshotter;
-pub use overlay::{OverlayOptions, OverlaySnapshotter};
+pub use native::{NativeDriver, NativeSnapshotter};
+pub use overlay::{OverlayDriver, OverlayOptions, OverlaySnapshotter};
+pub use strata_proto::{Error, ErrorKind, Result, ResultExt};

@@ -28,7 +28,7 @@ use strata_proto::filter::{Adaptor, Filter, label_field};
 use strata_proto::time::{from_nanos, to_nanos};
 
 use crate::api::{Info, Kind, Labels, Usage};
-use crate::error::{Error, ErrorKind, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// The schema version this code reads and writes.
 pub const SCHEMA_VERSION: &str = "1";
@@ -122,8 +122,7 @@ fn validate_key(what: &str, key: &str) -> Result<()> {
 }
 
 fn validate_labels(labels: &Labels) -> Result<()> {
-    strata_content::api::validate_labels(labels)
-        .map_err(|e| Error::new(e.kind(), "invalid snapshot labels").with_source(e))
+    strata_content::api::validate_labels(labels).map_err(|e| e.context("invalid snapshot labels"))
 }
 
 fn to_info(name: String, r: &SnapshotRecord) -> Result<Info> {
@@ -165,7 +164,7 @@ impl MetaStore {
     /// Opens (creating) the store at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let db = strata_content::open_versioned_db(path, SCHEMA_VERSION)
-            .map_err(|e| Error::new(e.kind(), "open snapshot metadata").with_source(e))?;
+            .map_err(|e| e.context("open snapshot metadata"))?;
         Ok(MetaStore {
             db,
             write: Mutex::new(()),

@@ -9,170 +9,84 @@
 //!
 //! Mounts: one `bind` of `<id>/`, `rbind,rw` for active snapshots and `rbind,ro` for views.
 
+use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
-use crate::api::{Cleanup, Info, Kind, Labels, Mount, Snapshotter, Usage};
+use crate::Result;
+use crate::api::{Kind, Mount, Usage};
 use crate::copy::copy_tree;
-use crate::error::{Error, ErrorKind, Result};
-use crate::fsutil::{Reaper, disk_usage, io, temp_name};
-use crate::meta::{MetaStore, Snapshot};
+use crate::driver::{Driver, MetaSnapshotter};
+use crate::fsutil::{SnapshotDirs, disk_usage, io};
+use crate::meta::Snapshot;
 
-/// The native (copying) snapshotter.
-pub struct NativeSnapshotter {
-    root: PathBuf,
-    meta: MetaStore,
-    reaper: Reaper,
-}
+/// The native (copying) snapshotter: the native [`Driver`] under the shared metadata.
+pub type NativeSnapshotter = MetaSnapshotter<NativeDriver>;
 
 impl NativeSnapshotter {
     /// Opens (creating) a native snapshotter rooted at `root`.
     pub fn new(root: &Path) -> Result<Self> {
-        let snaps = root.join("snapshots");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&snaps)
-            .map_err(|e| io("create", &snaps, e))?;
-        let meta = MetaStore::open(&root.join("metadata"))?;
-        Ok(NativeSnapshotter {
-            reaper: Reaper::new(),
-            root: root.to_owned(),
-            meta,
-        })
+        let driver = NativeDriver {
+            dirs: SnapshotDirs::open(root)?,
+        };
+        MetaSnapshotter::open(&root.join("metadata"), driver)
+    }
+}
+
+/// The storage of the native backend: a full tree per snapshot.
+pub struct NativeDriver {
+    dirs: SnapshotDirs,
+}
+
+impl Driver for NativeDriver {
+    /// Fills `tmp` with the parent's tree (or an empty 0755 root).
+    fn create(&self, tmp: &str, parent: Option<u64>, _kind: Kind) -> Result<()> {
+        let tmp = self.dirs.temp(tmp);
+        let made = match parent {
+            Some(id) => copy_tree(&self.dirs.of(id), &tmp),
+            None => fs::create_dir(&tmp)
+                .map_err(|e| io("create", &tmp, e))
+                .and_then(|()| {
+                    // The umask may have narrowed the mode; the root of a snapshot is
+                    // always 0755.
+                    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
+                        .map_err(|e| io("chmod", &tmp, e))
+                }),
+        };
+        if made.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        made
     }
 
-    fn dir(&self, id: u64) -> PathBuf {
-        self.root.join("snapshots").join(id.to_string())
+    fn install(&self, tmp: &str, id: u64) -> Result<()> {
+        self.dirs.install(tmp, id)
     }
 
-    fn mounts_of(&self, s: &Snapshot) -> Vec<Mount> {
+    fn discard(&self, tmp: &str) {
+        self.dirs.discard(tmp);
+    }
+
+    fn mounts(&self, s: &Snapshot) -> Vec<Mount> {
         let mode = if s.kind == Kind::View { "ro" } else { "rw" };
         vec![Mount {
             r#type: "bind".into(),
-            source: self.dir(s.id).to_string_lossy().into_owned(),
+            source: self.dirs.of(s.id).to_string_lossy().into_owned(),
             target: String::new(),
             options: vec!["rbind".into(), mode.into()],
         }]
     }
 
-    /// Fills `tmp` with the parent's tree (or an empty 0755 root).
-    fn populate(&self, tmp: &Path, parent: Option<u64>) -> Result<()> {
-        match parent {
-            Some(id) => copy_tree(&self.dir(id), tmp),
-            None => {
-                fs::create_dir(tmp).map_err(|e| io("create", tmp, e))?;
-                // The umask may have narrowed the mode; the root of a snapshot is always 0755.
-                fs::set_permissions(tmp, fs::Permissions::from_mode(0o755))
-                    .map_err(|e| io("chmod", tmp, e))
-            }
-        }
+    fn usage(&self, s: &Snapshot) -> Result<Usage> {
+        disk_usage(&self.dirs.of(s.id))
     }
 
-    fn create(
-        &self,
-        key: &str,
-        parent: Option<&str>,
-        kind: Kind,
-        labels: &Labels,
-    ) -> Result<Vec<Mount>> {
-        // Cheap checks before a possibly large copy; MetaStore::create stays the authority.
-        if self.meta.get(key).is_ok() {
-            return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                format!("snapshot {key:?} already exists"),
-            ));
-        }
-        let parent = parent.filter(|p| !p.is_empty());
-        let from = match parent {
-            Some(p) => Some(self.meta.get(p)?).filter(|s| s.kind == Kind::Committed),
-            None => None,
-        };
-        // As overlay: the tree is made under a temp name and renamed into place once the
-        // metadata exists; Cleanup removes a temp dir a crash leaves behind.
-        let tmp = self.root.join("snapshots").join(temp_name());
-        let undo = |e: Error| {
-            let _ = fs::remove_dir_all(&tmp);
-            e
-        };
-        self.populate(&tmp, from.as_ref().map(|s| s.id))
-            .map_err(undo)?;
-        let s = self.meta.create(key, parent, kind, labels).map_err(undo)?;
-        // The parent may have been removed and its name reused while it was being copied.
-        if s.parent_ids.first() != from.as_ref().map(|p| &p.id) {
-            let _ = self.meta.remove(key);
-            return Err(undo(Error::new(
-                ErrorKind::Aborted,
-                format!("parent of {key:?} changed while being copied"),
-            )));
-        }
-        if let Err(e) = fs::rename(&tmp, self.dir(s.id)) {
-            let _ = self.meta.remove(key);
-            return Err(undo(io("rename snapshot into place", &self.dir(s.id), e)));
-        }
-        Ok(self.mounts_of(&s))
-    }
-}
-
-impl Snapshotter for NativeSnapshotter {
-    fn stat(&self, key: &str) -> Result<Info> {
-        self.meta.stat(key)
+    fn remove(&self, id: u64) {
+        self.dirs.remove(id);
     }
 
-    fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
-        self.meta.update(&info, fieldpaths)
-    }
-
-    fn usage(&self, key: &str) -> Result<Usage> {
-        let s = self.meta.get(key)?;
-        match s.kind {
-            Kind::Committed => self.meta.usage(key),
-            _ => disk_usage(&self.dir(s.id)),
-        }
-    }
-
-    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
-        let s = self.meta.get(key)?;
-        if s.kind == Kind::Committed {
-            return Err(Error::new(
-                ErrorKind::FailedPrecondition,
-                format!("snapshot {key:?} is committed: mount a view of it"),
-            ));
-        }
-        Ok(self.mounts_of(&s))
-    }
-
-    fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        self.create(key, parent, Kind::Active, &labels)
-    }
-
-    fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        self.create(key, parent, Kind::View, &labels)
-    }
-
-    fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
-        let s = self.meta.get(key)?;
-        // Measured once here, so usage of committed snapshots is a metadata read.
-        let usage = disk_usage(&self.dir(s.id))?;
-        self.meta.commit(key, name, &labels, usage)?;
-        Ok(())
-    }
-
-    fn remove(&self, key: &str) -> Result<()> {
-        let (id, _) = self.meta.remove(key)?;
-        self.reaper.retire(&self.root.join("snapshots"), id);
-        Ok(())
-    }
-
-    fn walk(&self, filters: &[String], f: &mut dyn FnMut(Info) -> Result<()>) -> Result<()> {
-        self.meta.walk(filters, f)
-    }
-}
-
-impl Cleanup for NativeSnapshotter {
-    fn cleanup(&self) -> Result<()> {
-        self.reaper
-            .cleanup(&self.root.join("snapshots"), &self.meta.ids()?)
+    fn cleanup(&self, live: &HashMap<u64, String>) -> Result<()> {
+        self.dirs.cleanup(live)
     }
 }

@@ -11,15 +11,17 @@
 //! parent (or none) is a `bind` ro; anything else is `overlay` with `lowerdir` = the parents'
 //! `fs` dirs nearest first, plus `upperdir`/`workdir` for active snapshots.
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use crate::api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Snapshotter, Usage};
-use crate::error::{Error, ErrorKind, Result};
+use crate::Result;
+use crate::api::{Kind, Mount, Usage};
+use crate::driver::{DiffDriver, Driver, MetaSnapshotter};
 pub use crate::fsutil::disk_usage;
-use crate::fsutil::{Reaper, io, temp_name};
-use crate::meta::{MetaStore, Snapshot};
+use crate::fsutil::{SnapshotDirs, io};
+use crate::meta::Snapshot;
 
 /// Whether the running kernel's overlay module supports `index=off`.
 pub fn kernel_supports_index() -> bool {
@@ -36,41 +38,68 @@ pub struct OverlayOptions {
     pub mount_options: Vec<String>,
 }
 
-/// The overlayfs snapshotter.
-pub struct OverlaySnapshotter {
-    root: PathBuf,
-    meta: MetaStore,
-    reaper: Reaper,
-    opts: OverlayOptions,
-}
+/// The overlayfs snapshotter: the overlay [`Driver`] under the shared metadata.
+pub type OverlaySnapshotter = MetaSnapshotter<OverlayDriver>;
 
 impl OverlaySnapshotter {
     /// Opens (creating) an overlay snapshotter rooted at `root`.
     pub fn new(root: &Path, opts: OverlayOptions) -> Result<Self> {
-        let snaps = root.join("snapshots");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&snaps)
-            .map_err(|e| io("create", &snaps, e))?;
-        let meta = MetaStore::open(&root.join("metadata"))?;
-        Ok(OverlaySnapshotter {
-            reaper: Reaper::new(),
-            root: root.to_owned(),
-            meta,
+        let driver = OverlayDriver {
+            dirs: SnapshotDirs::open(root)?,
             opts,
-        })
+        };
+        MetaSnapshotter::open(&root.join("metadata"), driver)
     }
+}
 
-    fn dir(&self, id: u64) -> PathBuf {
-        self.root.join("snapshots").join(id.to_string())
-    }
+/// The storage of the overlayfs backend: an upper and a work dir per snapshot.
+pub struct OverlayDriver {
+    dirs: SnapshotDirs,
+    opts: OverlayOptions,
+}
 
+impl OverlayDriver {
     fn upper(&self, id: u64) -> PathBuf {
-        self.dir(id).join("fs")
+        self.dirs.of(id).join("fs")
+    }
+}
+
+impl Driver for OverlayDriver {
+    fn create(&self, tmp: &str, _parent: Option<u64>, _kind: Kind) -> Result<()> {
+        let tmp = self.dirs.temp(tmp);
+        let mk = |p: &Path, mode: u32| {
+            fs::DirBuilder::new()
+                .mode(mode)
+                .create(p)
+                .map_err(|e| io("create", p, e))
+        };
+        mk(&tmp, 0o700)?;
+        let made = mk(&tmp.join("fs"), 0o755)
+            .and_then(|()| mk(&tmp.join("work"), 0o700))
+            .and_then(|()| {
+                // The umask may have narrowed the mode; the root of a snapshot is always
+                // 0755.
+                fs::set_permissions(
+                    tmp.join("fs"),
+                    std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                )
+                .map_err(|e| io("chmod", &tmp, e))
+            });
+        if made.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        made
     }
 
-    fn mounts_of(&self, s: &Snapshot) -> Vec<Mount> {
+    fn install(&self, tmp: &str, id: u64) -> Result<()> {
+        self.dirs.install(tmp, id)
+    }
+
+    fn discard(&self, tmp: &str) {
+        self.dirs.discard(tmp);
+    }
+
+    fn mounts(&self, s: &Snapshot) -> Vec<Mount> {
         let path = |p: PathBuf| p.to_string_lossy().into_owned();
         let bind = |src: PathBuf, ro: bool| Mount {
             r#type: "bind".into(),
@@ -88,7 +117,7 @@ impl OverlaySnapshotter {
                     options.push("index=off".to_owned());
                 }
                 if kind == Kind::Active {
-                    options.push(format!("workdir={}", path(self.dir(s.id).join("work"))));
+                    options.push(format!("workdir={}", path(self.dirs.of(s.id).join("work"))));
                     options.push(format!("upperdir={}", path(self.upper(s.id))));
                 }
                 let lower: Vec<String> = parents.iter().map(|p| path(self.upper(*p))).collect();
@@ -104,116 +133,18 @@ impl OverlaySnapshotter {
         }
     }
 
-    fn create(
-        &self,
-        key: &str,
-        parent: Option<&str>,
-        kind: Kind,
-        labels: &Labels,
-    ) -> Result<Vec<Mount>> {
-        // The directory is made first under a temp name and renamed into place once the
-        // metadata exists, so neither can exist without the other for long; Cleanup
-        // removes a temp dir a crash leaves behind.
-        let tmp = self.root.join("snapshots").join(temp_name());
-        let mk = |p: &Path, mode: u32| {
-            fs::DirBuilder::new()
-                .mode(mode)
-                .create(p)
-                .map_err(|e| io("create", p, e))
-        };
-        mk(&tmp, 0o700)?;
-        mk(&tmp.join("fs"), 0o755)?;
-        mk(&tmp.join("work"), 0o700)?;
-        // The umask may have narrowed the mode; the root of a snapshot is always 0755.
-        fs::set_permissions(
-            tmp.join("fs"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .map_err(|e| io("chmod", &tmp, e))?;
-        let s = match self.meta.create(key, parent, kind, labels) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&tmp);
-                return Err(e);
-            }
-        };
-        if let Err(e) = fs::rename(&tmp, self.dir(s.id)) {
-            let _ = self.meta.remove(key);
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(io("rename snapshot into place", &self.dir(s.id), e));
-        }
-        Ok(self.mounts_of(&s))
+    fn usage(&self, s: &Snapshot) -> Result<Usage> {
+        disk_usage(&self.upper(s.id))
+    }
+
+    fn remove(&self, id: u64) {
+        self.dirs.remove(id);
+    }
+
+    fn cleanup(&self, live: &HashMap<u64, String>) -> Result<()> {
+        self.dirs.cleanup(live)
     }
 }
 
-impl Snapshotter for OverlaySnapshotter {
-    fn stat(&self, key: &str) -> Result<Info> {
-        self.meta.stat(key)
-    }
-
-    fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
-        self.meta.update(&info, fieldpaths)
-    }
-
-    fn usage(&self, key: &str) -> Result<Usage> {
-        let s = self.meta.get(key)?;
-        match s.kind {
-            Kind::Committed => self.meta.usage(key),
-            _ => disk_usage(&self.upper(s.id)),
-        }
-    }
-
-    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
-        let s = self.meta.get(key)?;
-        if s.kind == Kind::Committed {
-            return Err(Error::new(
-                ErrorKind::FailedPrecondition,
-                format!("snapshot {key:?} is committed: mount a view of it"),
-            ));
-        }
-        Ok(self.mounts_of(&s))
-    }
-
-    fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        self.create(key, parent, Kind::Active, &labels)
-    }
-
-    fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        self.create(key, parent, Kind::View, &labels)
-    }
-
-    fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
-        let s = self.meta.get(key)?;
-        // Usage is measured once here, so it is cheap for committed snapshots later.
-        let usage = disk_usage(&self.upper(s.id))?;
-        self.meta.commit(key, name, &labels, usage)?;
-        Ok(())
-    }
-
-    fn remove(&self, key: &str) -> Result<()> {
-        let (id, _) = self.meta.remove(key)?;
-        self.reaper.retire(&self.root.join("snapshots"), id);
-        Ok(())
-    }
-
-    fn walk(&self, filters: &[String], f: &mut dyn FnMut(Info) -> Result<()>) -> Result<()> {
-        self.meta.walk(filters, f)
-    }
-}
-
-impl Rebase for OverlaySnapshotter {
-    fn commit_onto(&self, name: &str, key: &str, parent: &str, labels: Labels) -> Result<()> {
-        let s = self.meta.get(key)?;
-        let usage = disk_usage(&self.upper(s.id))?;
-        self.meta
-            .commit_onto(key, name, Some(parent), &labels, usage)?;
-        Ok(())
-    }
-}
-
-impl Cleanup for OverlaySnapshotter {
-    fn cleanup(&self) -> Result<()> {
-        self.reaper
-            .cleanup(&self.root.join("snapshots"), &self.meta.ids()?)
-    }
-}
+/// An upper dir is a diff: layers can be prepared without a parent and chained at commit.
+impl DiffDriver for OverlayDriver {}

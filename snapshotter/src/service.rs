@@ -15,8 +15,8 @@ use strata_proto::serve::{ReadyCell, blocking};
 use strata_proto::time::{from_timestamp, to_timestamp};
 use tonic::{Request, Response, Status};
 
+use crate::Result;
 use crate::api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Snapshotter};
-use crate::error::Result;
 
 /// The backends a service routes to, by name, plus the default.
 #[derive(Clone)]

@@ -14,8 +14,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::ErrorKind;
 use crate::api::{Info, Kind, Labels, Snapshotter};
-use crate::error::ErrorKind;
 use crate::mount::{mount_all, unmount_all};
 
 /// A change to a directory tree, as containerd's `fstest` appliers.

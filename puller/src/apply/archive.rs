@@ -14,7 +14,7 @@ use sha2::{Digest as _, Sha256};
 use strata_proto::{Algorithm, Digest};
 
 use crate::decompress::read_error;
-use crate::{EntryName, Error, Limit, Limits, Result};
+use crate::{ApplyError, ApplyResult, EntryName, Limit, Limits};
 
 const BLOCK: u64 = 512;
 const CHUNK: usize = 128 * 1024;
@@ -108,7 +108,7 @@ impl<'l, R: Read> TarReader<'l, R> {
     }
 
     /// One read from the stream, hashed and counted against the total limit.
-    fn read_some(&mut self, buf: &mut [u8]) -> Result<usize> {
+    fn read_some(&mut self, buf: &mut [u8]) -> ApplyResult<usize> {
         loop {
             match self.inner.read(buf) {
                 Ok(n) => {
@@ -117,7 +117,7 @@ impl<'l, R: Read> TarReader<'l, R> {
                     }
                     self.pos += n as u64;
                     if self.pos > self.limits.max_total_bytes {
-                        return Err(Error::LimitExceeded {
+                        return Err(ApplyError::LimitExceeded {
                             what: Limit::TotalBytes,
                             limit: self.limits.max_total_bytes,
                             at: None,
@@ -132,7 +132,7 @@ impl<'l, R: Read> TarReader<'l, R> {
     }
 
     /// Fills `buf`; `Ok(false)` at a clean end of stream before the first byte.
-    fn read_full(&mut self, buf: &mut [u8]) -> Result<bool> {
+    fn read_full(&mut self, buf: &mut [u8]) -> ApplyResult<bool> {
         let start = self.pos;
         let mut n = 0;
         while n < buf.len() {
@@ -148,15 +148,15 @@ impl<'l, R: Read> TarReader<'l, R> {
         Ok(true)
     }
 
-    fn truncated(&self, offset: u64) -> Error {
-        Error::Malformed {
+    fn truncated(&self, offset: u64) -> ApplyError {
+        ApplyError::Malformed {
             offset,
             reason: "truncated stream".into(),
         }
     }
 
     /// Consumes `n` bytes.
-    fn skip(&mut self, mut n: u64) -> Result<()> {
+    fn skip(&mut self, mut n: u64) -> ApplyResult<()> {
         let mut buf = std::mem::take(&mut self.buf);
         let res = (|| {
             while n > 0 {
@@ -175,7 +175,7 @@ impl<'l, R: Read> TarReader<'l, R> {
 
     /// Reads an extension header's body (already checked against the size limit) and
     /// its padding.
-    fn read_body(&mut self, size: u64) -> Result<Vec<u8>> {
+    fn read_body(&mut self, size: u64) -> ApplyResult<Vec<u8>> {
         let mut v = vec![0; size as usize];
         if !self.read_full(&mut v)? && size > 0 {
             return Err(self.truncated(self.pos));
@@ -186,7 +186,7 @@ impl<'l, R: Read> TarReader<'l, R> {
 
     /// Writes the current entry's body to `w`. The outer error is a failure of the
     /// stream, the inner one a failure of `w`.
-    pub(crate) fn copy_body(&mut self, w: &mut impl Write) -> Result<io::Result<()>> {
+    pub(crate) fn copy_body(&mut self, w: &mut impl Write) -> ApplyResult<io::Result<()>> {
         let mut buf = std::mem::take(&mut self.buf);
         let res = (|| {
             while self.body_left > 0 {
@@ -208,7 +208,7 @@ impl<'l, R: Read> TarReader<'l, R> {
 
     /// The next entry, or `None` at the end-of-archive marker (or a clean end of the
     /// stream at a header boundary, as Go's archive/tar accepts).
-    pub(crate) fn next_entry(&mut self) -> Result<Option<RawEntry>> {
+    pub(crate) fn next_entry(&mut self) -> ApplyResult<Option<RawEntry>> {
         self.skip(self.body_left + self.pad_left)?;
         self.body_left = 0;
         self.pad_left = 0;
@@ -220,7 +220,7 @@ impl<'l, R: Read> TarReader<'l, R> {
         loop {
             let offset = self.pos;
             let pending = pax.is_some() || long_name.is_some() || long_link.is_some();
-            let malformed = |reason: &str| Error::Malformed {
+            let malformed = |reason: &str| ApplyError::Malformed {
                 offset,
                 reason: reason.to_owned(),
             };
@@ -240,7 +240,7 @@ impl<'l, R: Read> TarReader<'l, R> {
             match typeflag {
                 b'x' | b'g' | b'L' | b'K' => {
                     if header_size > self.limits.max_header_size {
-                        return Err(Error::LimitExceeded {
+                        return Err(ApplyError::LimitExceeded {
                             what: Limit::HeaderSize,
                             limit: self.limits.max_header_size,
                             at: Some(EntryName::new(&header.path_bytes())),
@@ -280,7 +280,7 @@ impl<'l, R: Read> TarReader<'l, R> {
                 .or(long_name)
                 .unwrap_or_else(|| header.path_bytes().into_owned());
             if self.entries > self.limits.max_entries {
-                return Err(Error::LimitExceeded {
+                return Err(ApplyError::LimitExceeded {
                     what: Limit::Entries,
                     limit: self.limits.max_entries,
                     at: Some(EntryName::new(&path)),
@@ -291,7 +291,7 @@ impl<'l, R: Read> TarReader<'l, R> {
                 .or(long_link)
                 .or_else(|| header.link_name_bytes().map(|l| l.into_owned()))
                 .unwrap_or_default();
-            let refused = |reason: &str| Error::refused(&path, reason);
+            let refused = |reason: &str| ApplyError::refused(&path, reason);
             if pax.sparse {
                 return Err(refused("sparse files are not supported"));
             }
@@ -368,7 +368,7 @@ impl<'l, R: Read> TarReader<'l, R> {
 
     /// Reads the rest of the stream (after the end-of-archive marker) into the hash and
     /// returns the diff_id and the number of uncompressed bytes.
-    pub(crate) fn finish(mut self) -> Result<(Digest, u64)> {
+    pub(crate) fn finish(mut self) -> ApplyResult<(Digest, u64)> {
         let mut buf = std::mem::take(&mut self.buf);
         while self.read_some(&mut buf)? > 0 {}
         let hash = self.hasher.take().unwrap_or_default().finalize();
@@ -390,7 +390,7 @@ fn cut_at_nul(mut v: Vec<u8>) -> Vec<u8> {
 
 /// Verifies a header's checksum: the byte sum with the checksum field as spaces.
 /// Historic tars summed signed bytes; both are accepted, as GNU tar does.
-fn check_checksum(block: &[u8; BLOCK as usize]) -> Result<(), &'static str> {
+fn check_checksum(block: &[u8; BLOCK as usize]) -> ApplyResult<(), &'static str> {
     let field = &block[148..156];
     let digits: Vec<u8> = field
         .iter()
@@ -419,7 +419,7 @@ fn check_checksum(block: &[u8; BLOCK as usize]) -> Result<(), &'static str> {
 }
 
 /// Parses PAX records, `"<len> <key>=<value>\n"` where `len` counts the whole record.
-fn parse_pax(body: &[u8]) -> Result<Pax, &'static str> {
+fn parse_pax(body: &[u8]) -> ApplyResult<Pax, &'static str> {
     let mut pax = Pax::default();
     let mut rest = body;
     while !rest.is_empty() {

@@ -17,8 +17,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
-use super::error::{Error, ErrorKind, Result};
 use super::hosts::Scheme;
+use strata_proto::{Error, ErrorKind, Result};
 
 const CONFIG_MAX: u64 = 4 << 20;
 

@@ -20,10 +20,10 @@ use hyper::body::Incoming;
 use strata_proto::Digest;
 
 use super::client::{HostErrors, RegistryClient, Req};
-use super::error::{Error, ErrorKind, Result};
 use super::hosts::Capabilities;
 use super::media::Descriptor;
 use super::reference::Reference;
+use strata_proto::{Error, ErrorKind, Result};
 
 /// Streaming sha256/sha512, matching a [`Digest`]'s algorithm.
 pub(crate) enum Hasher {

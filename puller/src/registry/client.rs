@@ -37,8 +37,9 @@ use super::auth::{
     Challenge, Credentials, DockerConfig, TokenResponse, form_escape, parse_challenges,
     realm_allowed,
 };
-use super::error::{Error, ErrorKind, Result, redact_url};
 use super::hosts::{Capabilities, HostOptions, RegistryHost, hosts_for};
+use super::redact::redact_url;
+use strata_proto::{Error, ErrorKind, Result};
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
@@ -370,7 +371,7 @@ impl RegistryClient {
                         retry + 1
                     ),
                 )
-                .with_status(status.as_u16()));
+                .with_http_status(status.as_u16()));
             }
             if status.is_success() {
                 return Ok(resp);
@@ -406,7 +407,7 @@ impl RegistryClient {
                 kind,
                 format!("{} {shown}: {what} ({status}){detail}", req.method),
             )
-            .with_status(status.as_u16()));
+            .with_http_status(status.as_u16()));
         }
     }
 
@@ -544,7 +545,7 @@ impl RegistryClient {
                 kind,
                 format!("token server {shown} refused a token{who} ({status})"),
             )
-            .with_status(status.as_u16()));
+            .with_http_status(status.as_u16()));
         }
         let body = read_capped(
             resp,
@@ -803,19 +804,8 @@ impl HostErrors {
 
     pub(crate) fn finish(self, what: &str) -> Error {
         match self.first.or(self.not_found) {
-            Some(e) => Error::new(e.kind(), what.to_owned())
-                .with_status_opt(e.http_status())
-                .with_source(e),
+            Some(e) => e.context(what.to_owned()),
             None => Error::new(ErrorKind::Unavailable, format!("{what}: no host to try")),
-        }
-    }
-}
-
-impl Error {
-    fn with_status_opt(self, s: Option<u16>) -> Self {
-        match s {
-            Some(s) => self.with_status(s),
-            None => self,
         }
     }
 }

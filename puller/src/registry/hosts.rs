@@ -27,8 +27,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::error::{Error, ErrorKind, Result, redact_url};
+use super::redact::redact_url;
 use super::reference::{DOCKER_HUB, validate_domain};
+use strata_proto::{Error, ErrorKind, Result};
 
 const HOSTS_FILE_MAX: u64 = 1 << 20;
 

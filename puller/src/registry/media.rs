@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer};
 use strata_proto::Digest;
 
-use super::error::{Error, ErrorKind, Result};
 use super::platform::Platform;
+use strata_proto::{Error, ErrorKind, Result};
 
 /// OCI image index.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

@@ -30,17 +30,16 @@
 pub mod auth;
 mod blob;
 mod client;
-mod error;
 pub mod hosts;
 mod media;
 mod platform;
+mod redact;
 pub mod reference;
 mod resolve;
 
 pub use auth::{Credentials, DockerConfig};
 pub use blob::BlobStream;
 pub use client::{ClientOptions, RegistryClient, RetryPolicy};
-pub use error::{Error, ErrorKind, Result, redact_url};
 pub use hosts::{Capabilities, HostOptions, RegistryHost, Scheme};
 pub use media::{
     DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Descriptor, ImageConfig, Index,
@@ -48,5 +47,7 @@ pub use media::{
     OCI_MANIFEST, RootFs, classify,
 };
 pub use platform::Platform;
+pub use redact::redact_url;
 pub use reference::Reference;
 pub use resolve::{Resolved, ResolvedImage, select};
+pub use strata_proto::{Error, ErrorKind, Result};

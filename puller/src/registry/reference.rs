@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 use strata_proto::Digest;
 
-use super::error::{Error, Result};
+use strata_proto::{Error, Result};
 
 /// The registry Docker Hub references are normalised to.
 pub const DOCKER_HUB: &str = "docker.io";

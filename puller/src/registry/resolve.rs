@@ -9,7 +9,6 @@ use strata_proto::Digest;
 
 use super::blob::Hasher;
 use super::client::{HostErrors, RegistryClient, Req, read_capped};
-use super::error::{Error, ErrorKind, Result};
 use super::hosts::{Capabilities, RegistryHost};
 use super::media::{
     DOCKER_CONFIG, Descriptor, ImageConfig, Index, MANIFEST_ACCEPT, MAX_DOCUMENT_SIZE, Manifest,
@@ -17,6 +16,7 @@ use super::media::{
 };
 use super::platform::Platform;
 use super::reference::Reference;
+use strata_proto::{Error, ErrorKind, Result};
 
 const MAX_INDEX_DEPTH: usize = 4;
 

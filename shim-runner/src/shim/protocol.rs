@@ -18,7 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, ErrorKind};
+use crate::{Error, ErrorKind};
 
 /// The longest request or response line, in bytes (newline excluded).
 pub const MAX_LINE: usize = 1 << 20;

@@ -45,11 +45,11 @@ use super::log::{STDERR, STDOUT, write_frame};
 use super::protocol::{
     ExecReply, Exit, Handshake, MAX_LINE, PidsReply, Request, Response, StateReply, WireError,
 };
-use crate::error::{Error, ErrorKind, Result};
 use crate::runc::{
     CreateOpts, ExecOpts, ExitStatus, Io, Runc, Status, Stdio, become_subreaper, wait_exit,
 };
 use crate::spec::ContainerId;
+use crate::{Error, ErrorKind, Result};
 
 /// How long a reaper waits for a process's output to drain after it exited. A process
 /// that left children holding its stdout (possible without a PID namespace) must not

@@ -1,16 +1,17 @@
-//! The puller crate's error: what went wrong, the entry or stream offset it concerns, and
-//! the cause as `source()`. [`Error::kind`] gives the errdefs kind the gRPC edge maps.
+//! The layer applier's error: what went wrong, the entry or stream offset it concerns, and
+//! the cause as `source()`. [`ApplyError::kind`] gives its errdefs kind; callers match on the variants
+//! (a refusal, a limit, a layer that needs the layers below).
 
 use std::fmt;
 use std::io;
 
-pub use strata_proto::ErrorKind;
+use strata_proto::ErrorKind;
 use strata_proto::HasKind;
 
 use crate::Compression;
 
-/// Result alias for the puller crate.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+/// Result of decompressing or applying a layer.
+pub type ApplyResult<T, E = ApplyError> = std::result::Result<T, E>;
 
 /// A limit of [`Limits`](crate::Limits) that a layer exceeded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,7 +90,7 @@ impl fmt::Debug for EntryName {
 /// An error of decompressing or applying a layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum ApplyError {
     /// The media type names no layer format this crate reads.
     #[error("unsupported layer media type {0:?}")]
     UnsupportedMediaType(String),
@@ -162,23 +163,25 @@ pub enum Error {
     Root(String, #[source] io::Error),
 }
 
-impl Error {
+impl ApplyError {
     /// The errdefs kind: `InvalidArgument` for hostile or malformed input,
     /// `ResourceExhausted` for a limit, `Internal` for I/O.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::UnsupportedMediaType(_)
-            | Error::Decompress { .. }
-            | Error::Malformed { .. }
-            | Error::Refused { .. } => ErrorKind::InvalidArgument,
-            Error::LimitExceeded { .. } => ErrorKind::ResourceExhausted,
-            Error::NeedsLowerLayers { .. } => ErrorKind::FailedPrecondition,
-            Error::Read(_) | Error::Io { .. } | Error::Root(..) => ErrorKind::Internal,
+            ApplyError::UnsupportedMediaType(_)
+            | ApplyError::Decompress { .. }
+            | ApplyError::Malformed { .. }
+            | ApplyError::Refused { .. } => ErrorKind::InvalidArgument,
+            ApplyError::LimitExceeded { .. } => ErrorKind::ResourceExhausted,
+            ApplyError::NeedsLowerLayers { .. } => ErrorKind::FailedPrecondition,
+            ApplyError::Read(_) | ApplyError::Io { .. } | ApplyError::Root(..) => {
+                ErrorKind::Internal
+            }
         }
     }
 
     pub(crate) fn refused(path: &[u8], reason: impl Into<String>) -> Self {
-        Error::Refused {
+        ApplyError::Refused {
             path: EntryName::new(path),
             reason: reason.into(),
             source: None,
@@ -186,8 +189,8 @@ impl Error {
     }
 }
 
-impl HasKind for Error {
+impl HasKind for ApplyError {
     fn kind(&self) -> ErrorKind {
-        Error::kind(self)
+        ApplyError::kind(self)
     }
 }
