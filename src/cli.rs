@@ -123,6 +123,17 @@ impl Client {
         for s in r.services {
             println!("serves: {s}");
         }
+        for s in r.snapshotters {
+            let caps = if s.capabilities.is_empty() {
+                "-".to_owned()
+            } else {
+                s.capabilities.join(",")
+            };
+            println!(
+                "snapshotter: {} capabilities={caps} whiteouts={} root={}",
+                s.name, s.whiteouts, s.root
+            );
+        }
         Ok(())
     }
 }

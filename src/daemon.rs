@@ -4,7 +4,6 @@
 //! locked (a second daemon on the same root fails here), the socket is bound, and only
 //! then are the stores opened; requests that arrive meanwhile wait for them.
 
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
@@ -20,8 +19,7 @@ use strata_puller::service::{ImagesService, RegistrySettings};
 use strata_snapshotter::overlay::kernel_supports_index;
 use strata_snapshotter::service::{Backends, BackendsCell, SnapshotsService};
 use strata_snapshotter::{
-    BtrfsSnapshotter, Cleanup, NativeSnapshotter, OverlayOptions, OverlaySnapshotter, Rebase,
-    Snapshotter,
+    Backend, BtrfsSnapshotter, NativeSnapshotter, OverlayOptions, OverlaySnapshotter,
 };
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -195,16 +193,31 @@ impl spb::admin_server::Admin for Admin {
     async fn version(&self, _: Request<()>) -> Result<Response<spb::VersionResponse>, Status> {
         let mut services: Vec<String> = SERVICES.iter().map(|s| (*s).to_owned()).collect();
         let b = self.snapshots.get("snapshotters").await?;
-        let mut names: Vec<&String> = b.by_name.keys().collect();
-        names.sort();
-        for n in names {
-            let default = if *n == b.default { " (default)" } else { "" };
-            services.push(format!("snapshotter {n}{default}"));
+        let mut snapshotters = Vec::new();
+        for (n, be) in b.iter() {
+            let default = n == b.default_name();
+            let mark = if default { " (default)" } else { "" };
+            services.push(format!("snapshotter {n}{mark}"));
+            snapshotters.push(spb::SnapshotterInfo {
+                name: n.to_owned(),
+                default,
+                capabilities: be
+                    .capabilities()
+                    .iter()
+                    .map(|c| c.as_str().to_owned())
+                    .collect(),
+                whiteouts: be.whiteouts().as_str().to_owned(),
+                root: be
+                    .root()
+                    .map(|r| r.display().to_string())
+                    .unwrap_or_default(),
+            });
         }
         Ok(Response::new(spb::VersionResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             root: self.root.display().to_string(),
             services,
+            snapshotters,
         }))
     }
 
@@ -403,30 +416,34 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 /// when its directory is on btrfs.
 fn open_backends(root: &Path, snaps: &SnapshotOptions) -> anyhow::Result<Backends> {
     let dir = root.join("snapshots");
-    let mut by_name: HashMap<String, Arc<dyn Snapshotter>> = HashMap::new();
-    let mut cleaners: HashMap<String, Arc<dyn Cleanup + Send + Sync>> = HashMap::new();
-    let overlay = Arc::new(
-        OverlaySnapshotter::new(
-            &dir.join("overlayfs"),
-            OverlayOptions {
-                index_off: kernel_supports_index(),
-                ..OverlayOptions::default()
-            },
-        )
-        .context("open overlayfs snapshotter")?,
+    let mut backends = Backends::new(snaps.default.clone());
+    let overlay_root = dir.join("overlayfs");
+    let overlay = OverlaySnapshotter::new(
+        &overlay_root,
+        OverlayOptions {
+            index_off: kernel_supports_index(),
+            ..OverlayOptions::default()
+        },
+    )
+    .context("open overlayfs snapshotter")?;
+    backends.insert(
+        "overlayfs",
+        Backend::of_diffs(Arc::new(overlay)).with_root(&overlay_root),
     );
-    by_name.insert("overlayfs".into(), overlay.clone());
-    cleaners.insert("overlayfs".into(), overlay.clone());
-    let mut rebasers: HashMap<String, Arc<dyn Rebase + Send + Sync>> = HashMap::new();
-    rebasers.insert("overlayfs".into(), overlay);
-    let native =
-        Arc::new(NativeSnapshotter::new(&dir.join("native")).context("open native snapshotter")?);
-    by_name.insert("native".into(), native.clone());
-    cleaners.insert("native".into(), native);
+    let native_root = dir.join("native");
+    let native = NativeSnapshotter::new(&native_root).context("open native snapshotter")?;
+    backends.insert(
+        "native",
+        Backend::of(Arc::new(native)).with_root(&native_root),
+    );
+    let btrfs_root = snaps
+        .btrfs_root
+        .clone()
+        .unwrap_or_else(|| dir.join("btrfs"));
     let btrfs = match &snaps.btrfs_root {
         Some(r) => Some(BtrfsSnapshotter::new(r).context("open btrfs snapshotter")?),
         // Without configuration btrfs is served only if strata's own root is on btrfs.
-        None => match BtrfsSnapshotter::new(&dir.join("btrfs")) {
+        None => match BtrfsSnapshotter::new(&btrfs_root) {
             Ok(b) => Some(b),
             Err(e) if e.kind() == strata_snapshotter::ErrorKind::InvalidArgument => {
                 info!("btrfs snapshotter not served: {e}");
@@ -436,16 +453,9 @@ fn open_backends(root: &Path, snaps: &SnapshotOptions) -> anyhow::Result<Backend
         },
     };
     if let Some(b) = btrfs {
-        let b = Arc::new(b);
-        by_name.insert("btrfs".into(), b.clone());
-        cleaners.insert("btrfs".into(), b);
+        backends.insert("btrfs", Backend::of(Arc::new(b)).with_root(&btrfs_root));
     }
-    Ok(Backends {
-        by_name,
-        default: snaps.default.clone(),
-        cleaners,
-        rebasers,
-    })
+    Ok(backends)
 }
 
 /// One garbage collection: content first, then the snapshots strata's puller made that
@@ -458,10 +468,8 @@ fn collect(
         .garbage_collect()
         .map_err(|e| e.context("collect content"))?;
     let mut snapshots = 0;
-    let mut names: Vec<&String> = backends.by_name.keys().collect();
-    names.sort();
-    for name in names {
-        snapshots += strata_puller::pull::collect_snapshots(store, name, &*backends.by_name[name])?;
+    for (name, b) in backends.iter() {
+        snapshots += strata_puller::pull::collect_snapshots(store, name, &**b.snapshotter())?;
     }
     Ok((r, snapshots))
 }

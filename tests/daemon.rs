@@ -509,6 +509,17 @@ fn snapshots_cli_drives_every_backend_like_ctr() {
         "{version}"
     );
     assert!(version.contains("snapshotter overlayfs"), "{version}");
+    // The backend registry reports each backend's capabilities and whiteout format.
+    assert!(
+        version.contains(
+            "snapshotter: overlayfs capabilities=rebase,cleanup,remote whiteouts=overlay"
+        ),
+        "{version}"
+    );
+    assert!(
+        version.contains("snapshotter: native capabilities=cleanup,remote whiteouts=delete"),
+        "{version}"
+    );
 
     let ok = |args: &[&str]| {
         let out = d.cli(args);

@@ -343,15 +343,14 @@ fn serve(
     sock: &Path,
     backends: Vec<(String, Arc<dyn Backend>)>,
 ) -> anyhow::Result<()> {
-    let mut b = Backends {
-        by_name: Default::default(),
-        default: backends.first().map(|(n, _)| n.clone()).unwrap_or_default(),
-        cleaners: Default::default(),
-        rebasers: Default::default(),
-    };
+    let mut b = Backends::new(backends.first().map(|(n, _)| n.clone()).unwrap_or_default());
     for (name, be) in backends {
-        b.by_name.insert(name.clone(), be.clone().snapshotter());
-        b.cleaners.insert(name, be.cleaner());
+        let entry = strata_snapshotter::Backend::new(
+            be.clone().snapshotter(),
+            strata_snapshotter::Whiteouts::Delete,
+        )
+        .with_cleanup(be.cleaner());
+        b.insert(name, entry);
     }
     let listener = {
         let _g = rt.enter();

@@ -109,6 +109,17 @@ pub enum WhiteoutMode {
     Delete,
 }
 
+impl WhiteoutMode {
+    /// The mode for a backend storing layers in `format` (a bottom layer; the unpacker
+    /// switches to [`WhiteoutMode::OverlayDetached`] for layers it extracts in parallel).
+    pub fn of(format: strata_snapshotter::Whiteouts) -> Self {
+        match format {
+            strata_snapshotter::Whiteouts::Overlay => WhiteoutMode::Overlay,
+            strata_snapshotter::Whiteouts::Delete => WhiteoutMode::Delete,
+        }
+    }
+}
+
 /// What applying a layer did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApplyStats {

@@ -186,20 +186,13 @@ impl pb::images_server::Images for ImagesService {
         let on_pulled = self.on_pulled.clone();
         tokio::task::spawn_blocking(move || {
             let name = backends.route_name(&r.snapshotter);
-            let sn = backends.by_name.get(&name).cloned();
-            let rebase = backends.rebasers.get(&name).cloned();
-            let unpack = match (&sn, r.no_unpack) {
-                (Some(sn), false) => Some(UnpackTo {
+            let backend = backends.get(&name).cloned();
+            let unpack = match (&backend, r.no_unpack) {
+                (Some(b), false) => Some(UnpackTo {
                     name: name.clone(),
-                    snapshotter: &**sn,
-                    rebase: rebase.as_deref(),
-                    // A backend whose layers are diffs (it can rebase) stores overlay
-                    // whiteouts; full-copy backends get deletions.
-                    whiteouts: if rebase.is_some() {
-                        WhiteoutMode::Overlay
-                    } else {
-                        WhiteoutMode::Delete
-                    },
+                    snapshotter: &**b.snapshotter(),
+                    rebase: b.rebase().map(|r| &**r),
+                    whiteouts: WhiteoutMode::of(b.whiteouts()),
                 }),
                 _ => None,
             };

@@ -130,6 +130,15 @@ pub trait Cleanup {
     fn cleanup(&self) -> Result<()>;
 }
 
+/// Backends that answer containerd's remote-snapshot handshake from an index: which
+/// committed snapshots carry `containerd.io/snapshot.ref=<target>` (the chainID a layer
+/// is committed as). A lazy backend plugs in here by committing targets itself. The
+/// handshake built on it is [`check_target`](crate::remote::check_target).
+pub trait Remote {
+    /// Committed snapshots labelled `containerd.io/snapshot.ref=<target>`.
+    fn targets(&self, target: &str) -> Result<Vec<Info>>;
+}
+
 /// A shared snapshotter is a snapshotter (the service and its clients hold backends in
 /// `Arc`s).
 impl<T: Snapshotter + ?Sized> Snapshotter for std::sync::Arc<T> {

@@ -1,7 +1,8 @@
 //! Storage split from metadata, as containerd's snapshotters are: a backend is a small
 //! [`Driver`] that manages the directories (or subvolumes) of snapshots named by id, and
-//! [`MetaSnapshotter`] implements [`Snapshotter`], [`Cleanup`] and (for drivers whose
-//! layers are diffs) [`Rebase`] once, over the shared [`MetaStore`].
+//! [`MetaSnapshotter`] implements [`Snapshotter`], [`Cleanup`], [`Remote`] (from the
+//! MetaStore's target index) and, for drivers whose layers are diffs, [`Rebase`] once,
+//! over the shared [`MetaStore`].
 //!
 //! One creation, whatever the backend:
 //!
@@ -23,7 +24,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Snapshotter, Usage};
+use crate::api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Remote, Snapshotter, Usage};
 use crate::meta::{MetaStore, Snapshot};
 use crate::{Error, ErrorKind, Result};
 
@@ -269,5 +270,11 @@ impl<D: DiffDriver> Rebase for MetaSnapshotter<D> {
 impl<D: Driver> Cleanup for MetaSnapshotter<D> {
     fn cleanup(&self) -> Result<()> {
         self.driver.cleanup(&self.meta.ids()?)
+    }
+}
+
+impl<D: Driver> Remote for MetaSnapshotter<D> {
+    fn targets(&self, target: &str) -> Result<Vec<Info>> {
+        self.meta.targets(target)
     }
 }

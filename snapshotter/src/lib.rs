@@ -15,8 +15,12 @@
 //! - [`native`]: the copying backend, laid out and mounted as containerd's native: each
 //!   snapshot a full copy of its parent's tree, mounted with `bind`.
 //! - [`copy`]: [`copy_tree`], the exact tree copy native snapshots are made with.
-//! - [`service`]: `containerd.services.snapshots.v1` over the backends, routed by the
-//!   request's snapshotter name (unknown or empty: the default backend).
+//! - [`backends`]: the one registry of backends ([`Backends`]): each [`Backend`] with its
+//!   capabilities, whiteout format and root, routed by snapshotter name (unknown or
+//!   empty: the default backend).
+//! - [`remote`]: containerd's remote-snapshot handshake over the [`Remote`] capability,
+//!   used by the gRPC service and in-process callers alike.
+//! - [`service`]: `containerd.services.snapshots.v1` over [`Backends`].
 //! - [`client`]: [`GrpcSnapshotter`], the same contract over any snapshots.v1 socket.
 //! - [`mount`]: mounting what a snapshotter returns, long overlay chains included.
 //! - [`testsuite`]: containerd's conformance cases, for any [`Snapshotter`].
@@ -29,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod backends;
 pub mod btrfs;
 pub mod client;
 pub mod copy;
@@ -39,10 +44,12 @@ pub mod meta;
 pub mod mount;
 pub mod native;
 pub mod overlay;
+pub mod remote;
 pub mod service;
 pub mod testsuite;
 
-pub use api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Snapshotter, Usage};
+pub use api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Remote, Snapshotter, Usage};
+pub use backends::{Backend, Backends, Capability, Whiteouts};
 pub use btrfs::{BtrfsDriver, BtrfsSnapshotter};
 pub use client::GrpcSnapshotter;
 pub use copy::copy_tree;

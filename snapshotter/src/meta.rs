@@ -10,7 +10,14 @@
 //! k/<key>                 -> SnapshotRecord   (key: an active/view key or a committed name)
 //! i/<id: 16 hex digits>   -> <key>            (every id in use, for cleanup)
 //! p/<parent>\0<child>     -> ""               (children of a committed snapshot)
+//! t/<target>\0<name>      -> ""               (committed snapshots labelled
+//!                                              containerd.io/snapshot.ref=<target>)
+//! x/targets               -> "1"              (the t/ index is complete)
 //! ```
+//!
+//! The `t/` index serves the remote-snapshot handshake ([`MetaStore::targets`]) without a
+//! scan. A store written before the index existed has no `x/targets`; [`MetaStore::open`]
+//! builds the index once, in one batch with the marker, so the schema stays version 1.
 //!
 //! Keys are opaque (containerd sends `<ns>/<seq>/<key>`) but may not be empty, contain NUL
 //! or exceed 4 KiB. Read-check-write sequences run under one mutex, so each operation is
@@ -105,6 +112,30 @@ fn key_p(parent: &str, child: &str) -> Vec<u8> {
     k
 }
 
+/// The label containerd's unpacker puts on a layer's Prepare and Commit: the chainID the
+/// layer is committed as. Committed snapshots carrying it are indexed under `t/`.
+pub const SNAPSHOT_REF_LABEL: &str = "containerd.io/snapshot.ref";
+
+fn key_t(target: &str, name: &str) -> Vec<u8> {
+    let mut k = b"t/".to_vec();
+    k.extend_from_slice(target.as_bytes());
+    k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+const TARGETS_MARKER: &[u8] = b"x/targets";
+
+fn target_of(r: &SnapshotRecord) -> Option<&str> {
+    if r.kind != kind_to_i32(Kind::Committed) {
+        return None;
+    }
+    r.labels
+        .get(SNAPSHOT_REF_LABEL)
+        .map(String::as_str)
+        .filter(|t| !t.is_empty())
+}
+
 fn validate_key(what: &str, key: &str) -> Result<()> {
     if key.is_empty() {
         return Err(Error::new(
@@ -165,10 +196,66 @@ impl MetaStore {
     pub fn open(path: &Path) -> Result<Self> {
         let db = strata_content::open_versioned_db(path, SCHEMA_VERSION)
             .map_err(|e| e.context("open snapshot metadata"))?;
-        Ok(MetaStore {
+        let store = MetaStore {
             db,
             write: Mutex::new(()),
-        })
+        };
+        store.build_target_index()?;
+        Ok(store)
+    }
+
+    /// Builds the `t/` index of a store that predates it (see the module docs).
+    fn build_target_index(&self) -> Result<()> {
+        let done = self
+            .db
+            .get_pinned(TARGETS_MARKER)
+            .map_err(|e| Error::db("read index marker", e))?
+            .is_some();
+        if done {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(b"k/", Direction::Forward))
+        {
+            let (k, v) = item.map_err(|e| Error::db("iterate", e))?;
+            if !k.starts_with(b"k/") {
+                break;
+            }
+            let r = SnapshotRecord::decode(&*v).map_err(|e| Error::corrupt("snapshot", e))?;
+            if let Some(t) = target_of(&r) {
+                batch.put(key_t(t, &String::from_utf8_lossy(&k[2..])), b"");
+            }
+        }
+        batch.put(TARGETS_MARKER, b"1");
+        self.commit_batch(batch)
+    }
+
+    /// Committed snapshots labelled `containerd.io/snapshot.ref=<target>`, from the index.
+    pub fn targets(&self, target: &str) -> Result<Vec<Info>> {
+        let prefix = key_t(target, "");
+        let mut names = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (k, _) = item.map_err(|e| Error::db("iterate", e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            names.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        let mut out = Vec::new();
+        for name in names {
+            // An entry whose snapshot went away between the scan and the read is skipped.
+            if let Some(r) = self.record(&name)?
+                && target_of(&r) == Some(target)
+            {
+                out.push(to_info(name, &r)?);
+            }
+        }
+        Ok(out)
     }
 
     fn record(&self, key: &str) -> Result<Option<SnapshotRecord>> {
@@ -383,6 +470,9 @@ impl MetaStore {
         if !parent.is_empty() {
             batch.put(key_p(&parent, name), b"");
         }
+        if let Some(t) = target_of(&rec) {
+            batch.put(key_t(t, name), b"");
+        }
         self.commit_batch(batch)?;
         Ok(r.id)
     }
@@ -403,6 +493,9 @@ impl MetaStore {
         batch.delete(key_i(r.id));
         if !r.parent.is_empty() {
             batch.delete(key_p(&r.parent, key));
+        }
+        if let Some(t) = target_of(&r) {
+            batch.delete(key_t(t, key));
         }
         self.commit_batch(batch)?;
         Ok((r.id, kind_from_i32(r.kind)?))
@@ -463,9 +556,15 @@ impl MetaStore {
         }
         labels.retain(|_, v| !v.is_empty());
         validate_labels(&labels)?;
+        let mut batch = WriteBatch::default();
+        if let Some(t) = target_of(&r) {
+            batch.delete(key_t(t, &info.name));
+        }
         r.labels = labels.into_iter().collect();
         r.updated_ns = to_nanos(SystemTime::now()).max(r.updated_ns + 1);
-        let mut batch = WriteBatch::default();
+        if let Some(t) = target_of(&r) {
+            batch.put(key_t(t, &info.name), b"");
+        }
         batch.put(key_k(&info.name), r.encode_to_vec());
         self.commit_batch(batch)?;
         to_info(info.name.clone(), &r)
@@ -535,6 +634,64 @@ mod tests {
             Ok(_) => panic!("expected an error"),
             Err(e) => e.kind(),
         }
+    }
+
+    fn targets(m: &MetaStore, t: &str) -> Vec<String> {
+        m.targets(t).unwrap().into_iter().map(|i| i.name).collect()
+    }
+
+    #[test]
+    fn target_index_follows_commit_update_and_remove() {
+        let (_d, m) = store();
+        let mut l = Labels::new();
+        l.insert(SNAPSHOT_REF_LABEL.into(), "sha256:aa".into());
+        // An active snapshot carrying the label is not a target yet.
+        m.create("a", None, Kind::Active, &l).unwrap();
+        assert!(targets(&m, "sha256:aa").is_empty());
+        m.commit("a", "ns/1/sha256:aa", &l, Usage::default())
+            .unwrap();
+        assert_eq!(targets(&m, "sha256:aa"), ["ns/1/sha256:aa"]);
+        // A target that is a prefix of another is not confused with it.
+        assert!(targets(&m, "sha256:a").is_empty());
+        // Relabelling moves the entry; removing the label drops it.
+        let mut info = m.stat("ns/1/sha256:aa").unwrap();
+        info.labels
+            .insert(SNAPSHOT_REF_LABEL.into(), "sha256:bb".into());
+        m.update(&info, &[format!("labels.{SNAPSHOT_REF_LABEL}")])
+            .unwrap();
+        assert!(targets(&m, "sha256:aa").is_empty());
+        assert_eq!(targets(&m, "sha256:bb"), ["ns/1/sha256:aa"]);
+        info.labels.remove(SNAPSHOT_REF_LABEL);
+        m.update(&info, &[format!("labels.{SNAPSHOT_REF_LABEL}")])
+            .unwrap();
+        assert!(targets(&m, "sha256:bb").is_empty());
+        info.labels
+            .insert(SNAPSHOT_REF_LABEL.into(), "sha256:cc".into());
+        m.update(&info, &["labels".to_owned()]).unwrap();
+        assert_eq!(targets(&m, "sha256:cc"), ["ns/1/sha256:aa"]);
+        m.remove("ns/1/sha256:aa").unwrap();
+        assert!(targets(&m, "sha256:cc").is_empty());
+    }
+
+    #[test]
+    fn target_index_is_built_for_a_store_that_predates_it() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("meta");
+        {
+            let m = MetaStore::open(&path).unwrap();
+            let mut l = Labels::new();
+            l.insert(SNAPSHOT_REF_LABEL.into(), "sha256:aa".into());
+            m.create("a", None, Kind::Active, &l).unwrap();
+            m.commit("a", "x/sha256:aa", &l, Usage::default()).unwrap();
+            // What a store written before the index looks like: no t/ keys, no marker.
+            let mut b = WriteBatch::default();
+            b.delete(key_t("sha256:aa", "x/sha256:aa"));
+            b.delete(TARGETS_MARKER);
+            m.commit_batch(b).unwrap();
+            assert!(targets(&m, "sha256:aa").is_empty());
+        }
+        let m = MetaStore::open(&path).unwrap();
+        assert_eq!(targets(&m, "sha256:aa"), ["x/sha256:aa"]);
     }
 
     #[test]

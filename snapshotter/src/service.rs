@@ -16,45 +16,18 @@ use strata_proto::time::{from_timestamp, to_timestamp};
 use tonic::{Request, Response, Status};
 
 use crate::Result;
-use crate::api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Snapshotter};
-
-/// The backends a service routes to, by name, plus the default.
-#[derive(Clone)]
-pub struct Backends {
-    /// Backends by snapshotter name.
-    pub by_name: HashMap<String, Arc<dyn Snapshotter>>,
-    /// Name of the backend for unknown or empty names.
-    pub default: String,
-    /// Backends with the [`Cleanup`] capability, by the same names.
-    pub cleaners: HashMap<String, Arc<dyn Cleanup + Send + Sync>>,
-    /// Backends with the [`Rebase`] capability, by the same names.
-    pub rebasers: HashMap<String, Arc<dyn Rebase + Send + Sync>>,
-}
+use crate::api::{Info, Kind, Labels, Mount, Snapshotter};
+pub use crate::backends::Backends;
+use crate::remote::check_target;
 
 /// The backends, possibly still opening.
 pub type BackendsCell = ReadyCell<Backends>;
 
-impl Backends {
-    /// The backend `name` routes to: itself if configured, else the default.
-    pub fn route_name(&self, name: &str) -> String {
-        self.route(name)
-    }
-
-    fn route(&self, name: &str) -> String {
-        if self.by_name.contains_key(name) {
-            name.to_owned()
-        } else {
-            self.default.clone()
-        }
-    }
-}
-
 /// The backend a request for `name` goes to, waiting for the backends to open.
 async fn backend(cell: &BackendsCell, name: &str) -> Result<Arc<dyn Snapshotter>, Status> {
     let b = cell.get("snapshotters").await?;
-    b.by_name
-        .get(&b.route(name))
-        .cloned()
+    b.route(name)
+        .map(|b| b.snapshotter().clone())
         .ok_or_else(|| Status::failed_precondition("no snapshotter is configured"))
 }
 
@@ -96,50 +69,11 @@ fn parent(p: &str) -> Option<String> {
     (!p.is_empty()).then(|| p.to_owned())
 }
 
-/// Label on snapshots strata itself made (its puller): the strata namespace owning them.
-/// Requests without a namespace header (a proxying containerd, whose garbage collector
-/// removes every backend snapshot it did not record) never see them in List, nor adopt
-/// them through the remote-snapshot handshake.
-pub const OWNER_LABEL: &str = "strata.io/owner";
+pub use crate::remote::{OWNER_LABEL, SNAPSHOT_REF_LABEL};
 
 /// Whether the request comes from a namespaced (strata) client.
 fn namespaced<T>(req: &Request<T>) -> bool {
     req.metadata().get(strata_proto::NAMESPACE_HEADER).is_some()
-}
-
-/// The label containerd's unpacker puts on a layer's Prepare (and Commit): the chainID
-/// the layer will be committed as.
-pub const SNAPSHOT_REF_LABEL: &str = "containerd.io/snapshot.ref";
-
-/// containerd's remote-snapshot handshake: when a committed snapshot labelled with the
-/// same target and parent already exists, Prepare answers `AlreadyExists` and containerd
-/// adopts that snapshot (it Lists with the label and parent) instead of unpacking the
-/// layer again. Layers are so shared between containerd namespaces, and a lazily fetched
-/// backend plugs in by committing the target itself.
-fn target_exists(
-    sn: &dyn Snapshotter,
-    target: &str,
-    parent: Option<&str>,
-    see_owned: bool,
-) -> crate::Result<()> {
-    let mut found = None;
-    sn.walk(&["kind==committed".to_owned()], &mut |i| {
-        if found.is_none()
-            && (see_owned || !i.labels.contains_key(OWNER_LABEL))
-            && i.labels.get(SNAPSHOT_REF_LABEL).map(String::as_str) == Some(target)
-            && i.parent.as_deref() == parent
-        {
-            found = Some(i.name);
-        }
-        Ok(())
-    })?;
-    match found {
-        Some(name) => Err(crate::Error::new(
-            crate::ErrorKind::AlreadyExists,
-            format!("target snapshot {target:?} already exists as {name:?}"),
-        )),
-        None => Ok(()),
-    }
 }
 
 /// The snapshots.v1 service.
@@ -190,14 +124,19 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let see_owned = namespaced(&req);
         let r = req.into_inner();
-        let sn = backend(&self.backends, &r.snapshotter).await?;
+        let b = self.backends.get("snapshotters").await?;
+        let be = b
+            .route(&r.snapshotter)
+            .cloned()
+            .ok_or_else(|| Status::failed_precondition("no snapshotter is configured"))?;
         tracing::debug!(key = %r.key, parent = %r.parent, labels = ?r.labels, "prepare");
         let mounts = blocking(move || {
             let parent = parent(&r.parent);
             if let Some(target) = r.labels.get(SNAPSHOT_REF_LABEL) {
-                target_exists(&*sn, target, parent.as_deref(), see_owned)?;
+                check_target(&be.targets(), target, parent.as_deref(), see_owned)?;
             }
-            sn.prepare(&r.key, parent.as_deref(), labels_in(r.labels))
+            be.snapshotter()
+                .prepare(&r.key, parent.as_deref(), labels_in(r.labels))
         })
         .await?;
         Ok(Response::new(pb::PrepareSnapshotResponse {
@@ -247,9 +186,8 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         if !r.parent.is_empty() {
             let b = self.backends.get("snapshotters").await?;
             let sn = b
-                .rebasers
-                .get(&b.route(&r.snapshotter))
-                .cloned()
+                .route(&r.snapshotter)
+                .and_then(|b| b.rebase().cloned())
                 .ok_or_else(|| Status::unimplemented("this snapshotter cannot rebase on commit"))?;
             blocking(move || sn.commit_onto(&r.name, &r.key, &r.parent, labels_in(r.labels)))
                 .await?;
@@ -352,9 +290,8 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         let b = self.backends.get("snapshotters").await?;
         // A backend without the capability answers Unimplemented, which containerd ignores.
         let c = b
-            .cleaners
-            .get(&b.route(&req.get_ref().snapshotter))
-            .cloned()
+            .route(&req.get_ref().snapshotter)
+            .and_then(|b| b.cleanup().cloned())
             .ok_or_else(|| Status::unimplemented("cleanup"))?;
         blocking(move || c.cleanup()).await?;
         Ok(Response::new(()))

@@ -8,7 +8,7 @@ use strata_snapshotter::service::{Backends, BackendsCell, SnapshotsService};
 use strata_snapshotter::testsuite as ts;
 use strata_snapshotter::{
     BtrfsSnapshotter, Cleanup, GrpcSnapshotter, NativeSnapshotter, OverlayOptions,
-    OverlaySnapshotter, Rebase, Snapshotter, overlay::kernel_supports_index,
+    OverlaySnapshotter, Rebase, Remote, Snapshotter, overlay::kernel_supports_index,
 };
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -35,17 +35,21 @@ trait Backend {
 
 type Rebaser = Arc<dyn Rebase + Send + Sync>;
 
-/// Both traits in one object, so the service gets the Cleanup capability.
-trait SnapshotterAndCleanup: Snapshotter + Cleanup {
+/// The traits in one object, so the service gets the Cleanup and Remote capabilities.
+trait SnapshotterAndCleanup: Snapshotter + Cleanup + Remote {
     fn as_snapshotter(self: Arc<Self>) -> Arc<dyn Snapshotter>;
     fn as_cleanup(self: Arc<Self>) -> Arc<dyn Cleanup + Send + Sync>;
+    fn as_remote(self: Arc<Self>) -> Arc<dyn Remote + Send + Sync>;
 }
 
-impl<T: Snapshotter + Cleanup + 'static> SnapshotterAndCleanup for T {
+impl<T: Snapshotter + Cleanup + Remote + 'static> SnapshotterAndCleanup for T {
     fn as_snapshotter(self: Arc<Self>) -> Arc<dyn Snapshotter> {
         self
     }
     fn as_cleanup(self: Arc<Self>) -> Arc<dyn Cleanup + Send + Sync> {
+        self
+    }
+    fn as_remote(self: Arc<Self>) -> Arc<dyn Remote + Send + Sync> {
         self
     }
 }
@@ -147,21 +151,18 @@ fn over_grpc<B: Backend>() -> Harness {
         .build()
         .unwrap();
     let listener = rt.block_on(async { UnixListener::bind(&h.sock).unwrap() });
-    let mut backends = Backends {
-        by_name: Default::default(),
-        default: B::NAME.into(),
-        cleaners: Default::default(),
-        rebasers: Default::default(),
+    let whiteouts = if rebaser.is_some() {
+        strata_snapshotter::Whiteouts::Overlay
+    } else {
+        strata_snapshotter::Whiteouts::Delete
     };
-    backends
-        .by_name
-        .insert(B::NAME.into(), backend.clone().as_snapshotter());
+    let mut entry = strata_snapshotter::Backend::new(backend.clone().as_snapshotter(), whiteouts)
+        .with_cleanup(backend.clone().as_cleanup())
+        .with_remote(backend.as_remote());
     if let Some(r) = rebaser {
-        backends.rebasers.insert(B::NAME.into(), r);
+        entry = entry.with_rebase(r);
     }
-    backends
-        .cleaners
-        .insert(B::NAME.into(), backend.as_cleanup());
+    let backends = Backends::new(B::NAME).with(B::NAME, entry);
     rt.spawn(
         strata_proto::transport::server()
             .add_service(SnapshotsService::new(BackendsCell::ready(backends)).into_server())

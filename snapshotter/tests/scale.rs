@@ -26,20 +26,14 @@ fn ten_thousand_snapshots() {
         .unwrap();
     let sock = dir.path().join("sock");
     let listener = rt.block_on(async { UnixListener::bind(&sock).unwrap() });
-    let backends = Backends {
-        by_name: [(
-            "overlayfs".to_owned(),
+    let backends = Backends::new("overlayfs").with(
+        "overlayfs",
+        strata_snapshotter::Backend::new(
             overlay.clone() as Arc<dyn Snapshotter>,
-        )]
-        .into(),
-        default: "overlayfs".into(),
-        cleaners: [(
-            "overlayfs".to_owned(),
-            overlay.clone() as Arc<dyn Cleanup + Send + Sync>,
-        )]
-        .into(),
-        rebasers: Default::default(),
-    };
+            strata_snapshotter::Whiteouts::Overlay,
+        )
+        .with_cleanup(overlay.clone() as Arc<dyn Cleanup + Send + Sync>),
+    );
     rt.spawn(
         strata_proto::transport::server()
             .add_service(SnapshotsService::new(BackendsCell::ready(backends)).into_server())

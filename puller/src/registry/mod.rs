@@ -20,10 +20,11 @@
 //! # Why hyper and not oci-client
 //!
 //! oci-client 0.18 sits on reqwest 0.13, whose rustls default is aws-lc-rs (cmake and a
-//! long C build on a 2-core machine), and it hides the parts strata must control: there
-//! is no per-request Range with a 200-vs-206 answer, no containerd `hosts.toml`/mirror
-//! fallback, no cap on manifest bodies before parsing, and redirect and token handling
-//! happen inside reqwest. This client is written on hyper 1 + hyper-util's pooled client
+//! long C build on a 2-core machine), and it hides parts strata must control. It does
+//! offer ranged blob reads (`pull_blob_stream_partial`, answering with the full blob or
+//! the part asked for), but it has no containerd `hosts.toml`/mirror fallback, no cap on
+//! manifest bodies before parsing, and its redirect and token handling happen inside
+//! reqwest, where strata cannot drop credentials on a redirect to another host. This client is written on hyper 1 + hyper-util's pooled client
 //! (already in the tree through tonic) with hyper-rustls on the `ring` provider; redirects
 //! are followed by hand so `Authorization` is dropped when a redirect leaves the host.
 
