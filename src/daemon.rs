@@ -32,6 +32,7 @@ use strata_proto::strata::v1::envelope as pb_event;
 use strata_shim_runner::events::Events;
 use strata_shim_runner::lifecycle::{Lifecycle, LifecycleOptions};
 use strata_shim_runner::service::{ContainersService, EventsService, TasksService};
+use strata_shim_runner::{ImageResolver, ResolvedImage};
 
 use crate::config::Config;
 
@@ -311,7 +312,10 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             shim_binary: opts.shim.clone(),
             runc_binary: opts.runc.clone(),
         },
-        cell.clone(),
+        Arc::new(StoreImages {
+            store: cell.clone(),
+            rt: tokio::runtime::Handle::current(),
+        }),
         events.clone(),
         tokio::runtime::Handle::current(),
     ));
@@ -456,6 +460,39 @@ fn open_backends(root: &Path, snaps: &SnapshotOptions) -> anyhow::Result<Backend
         backends.insert("btrfs", Backend::of(Arc::new(b)).with_root(&btrfs_root));
     }
     Ok(backends)
+}
+
+/// The lifecycle's images: resolved from the content store (once it is open) by the
+/// puller's local resolution, so the runtime crate links no store.
+struct StoreImages {
+    store: StoreCell,
+    rt: tokio::runtime::Handle,
+}
+
+impl ImageResolver for StoreImages {
+    fn resolve(
+        &self,
+        ns: &strata_proto::ident::Namespace,
+        name: &str,
+        platform: &strata_proto::Platform,
+    ) -> strata_proto::Result<ResolvedImage> {
+        let store = self
+            .rt
+            .block_on(self.store.get("content store"))
+            .map_err(|s| {
+                strata_proto::Error::new(
+                    strata_proto::ErrorKind::Unavailable,
+                    s.message().to_owned(),
+                )
+            })?;
+        let image = strata_puller::local::resolve(&store, ns, name, platform)?;
+        Ok(ResolvedImage {
+            name: image.name,
+            manifest: image.manifest,
+            config: image.config,
+            chain_id: image.chain_id,
+        })
+    }
 }
 
 /// One garbage collection: content first, then the snapshots strata's puller made that

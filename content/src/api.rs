@@ -10,78 +10,17 @@
 //! Importing a blob is: `writer(ref)` -> `status()` (resume point) -> `write()`... ->
 //! `commit(size, expected, labels)`.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::time::SystemTime;
 
-use strata_proto::{Digest, MAX_LABEL_SIZE};
+use strata_proto::Digest;
 
 use crate::{Error, Result};
 
-/// Labels of an object, ordered by key.
-pub type Labels = BTreeMap<String, String>;
+pub(crate) use strata_proto::ident::truncate;
+pub use strata_proto::ident::{Labels, Namespace, validate_identifier, validate_labels};
 
 /// Longest ingest ref accepted, in bytes.
 pub const MAX_REF_LEN: usize = 4096;
-/// Longest namespace name, as containerd's identifiers.
-const MAX_IDENTIFIER_LEN: usize = 76;
-
-/// A validated namespace name (containerd's identifier rules: alphanumerics separated by
-/// single `.`, `_` or `-`, at most 76 bytes).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Namespace(String);
-
-impl Namespace {
-    /// Validates `name`.
-    pub fn new(name: &str) -> Result<Self> {
-        validate_identifier("namespace", name)?;
-        Ok(Namespace(name.to_owned()))
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Namespace {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Namespace {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Namespace({})", self.0)
-    }
-}
-
-/// Checks containerd's identifier rules (used for namespaces and lease ids).
-pub fn validate_identifier(what: &str, s: &str) -> Result<()> {
-    if s.is_empty() {
-        return Err(Error::invalid(format!("{what} must not be empty")));
-    }
-    if s.len() > MAX_IDENTIFIER_LEN {
-        return Err(Error::invalid(format!(
-            "{what} is {} bytes, longer than {MAX_IDENTIFIER_LEN}",
-            s.len()
-        )));
-    }
-    let b = s.as_bytes();
-    let sep = |c: u8| matches!(c, b'.' | b'_' | b'-');
-    let ok = b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || sep(c))
-        && !b.windows(2).any(|w| sep(w[0]) && sep(w[1]));
-    if !ok {
-        return Err(Error::invalid(format!(
-            "{what} {:?} is not a valid identifier",
-            truncate(s)
-        )));
-    }
-    Ok(())
-}
-
 /// Checks an ingest ref: non-empty, at most [`MAX_REF_LEN`] bytes, no control characters,
 /// no `..` path component. Refs are never used as paths (ingest dirs are named by a hash
 /// of the ref); the rules only keep garbage out of the store and the logs.
@@ -108,28 +47,6 @@ pub fn validate_ref(r: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Checks every label against containerd's size limit (key and value together at most
-/// 4096 bytes) and rejects empty keys.
-pub fn validate_labels(labels: &Labels) -> Result<()> {
-    for (k, v) in labels {
-        if k.is_empty() {
-            return Err(Error::invalid("label key must not be empty"));
-        }
-        if k.len() + v.len() > MAX_LABEL_SIZE {
-            return Err(Error::invalid(format!(
-                "label key and value length ({} bytes) greater than maximum size ({MAX_LABEL_SIZE} bytes), key: {}",
-                k.len() + v.len(),
-                truncate(k)
-            )));
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn truncate(s: &str) -> String {
-    s.chars().take(64).collect()
 }
 
 /// Who is asking: the namespace of the request and the lease that protects what it creates.

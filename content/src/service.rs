@@ -15,15 +15,15 @@ use strata_proto::containerd::services::content::v1 as pb;
 use strata_proto::containerd::services::leases::v1 as lpb;
 use strata_proto::serve::{ReadyCell, blocking};
 use strata_proto::time::to_timestamp;
-use strata_proto::{Digest, LEASE_HEADER, NAMESPACE_HEADER, status_from_error};
+use strata_proto::{Digest, LEASE_HEADER, status_from_error};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 use tracing::debug;
 
 use crate::api::{
-    Info, IngestManager, Ingester, Labels, Lease, LeaseManager, Manager, Namespace, Provider,
-    Resource, Scope, Status, Writer, WriterOptions,
+    Info, IngestManager, Ingester, Labels, Lease, LeaseManager, Manager, Provider, Resource, Scope,
+    Status, Writer, WriterOptions,
 };
 use crate::store::LocalStore;
 use crate::{Error, Result};
@@ -41,22 +41,9 @@ fn status(e: &Error) -> GrpcStatus {
 
 /// The request's scope from its headers.
 pub fn scope_from_metadata(md: &tonic::metadata::MetadataMap) -> Result<Scope, GrpcStatus> {
-    let get = |k: &str| -> Result<Option<String>, GrpcStatus> {
-        match md.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .to_str()
-                .map(|s| (!s.is_empty()).then(|| s.to_owned()))
-                .map_err(|_| GrpcStatus::invalid_argument(format!("{k} header is not ASCII"))),
-        }
-    };
-    let namespace = match get(NAMESPACE_HEADER)? {
-        None => None,
-        Some(ns) => Some(Namespace::new(&ns).map_err(|e| status(&e))?),
-    };
     Ok(Scope {
-        namespace,
-        lease: get(LEASE_HEADER)?,
+        namespace: strata_proto::ident::namespace_from_metadata(md)?,
+        lease: strata_proto::ident::header(md, LEASE_HEADER)?,
     })
 }
 

@@ -11,6 +11,9 @@
 //! - [`Error`]: the one error type of every library crate (kind, context, cause), and
 //!   [`ErrorKind`]: its kinds, aligned with containerd's errdefs, with the single mapping
 //!   between them and [`tonic::Code`].
+//! - [`ident`]: validated identifiers (namespaces, container, exec and lease ids), label
+//!   rules and the namespace header, shared by every crate that takes them off the wire.
+//! - [`Platform`]: `os/arch[/variant]`, normalised and matched as containerd does.
 //! - [`filter`]: containerd's filter grammar (`==`, `!=`, `~=`, presence, quoted label
 //!   keys, comma = AND, repeated filters = OR).
 //! - [`time`]: conversions between `SystemTime` and `google.protobuf.Timestamp`.
@@ -25,6 +28,8 @@ mod digest;
 mod errdefs;
 mod error;
 pub mod filter;
+pub mod ident;
+mod platform;
 pub mod serve;
 pub mod time;
 pub mod transport;
@@ -32,6 +37,7 @@ pub mod transport;
 pub use digest::{Algorithm, Digest, DigestError};
 pub use errdefs::{ErrorKind, HasKind, error_chain, kind_from_status, status_from_error};
 pub use error::{Error, Result, ResultExt, Source, kind_of_io};
+pub use platform::Platform;
 
 /// Generated code for containerd's proto packages.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

@@ -32,10 +32,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use strata_content::api::Namespace;
-use strata_content::service::StoreCell;
+use strata_proto::Platform;
+use strata_proto::ident::Namespace;
 use strata_proto::strata::v1 as pb;
-use strata_puller::registry::Platform;
 use strata_snapshotter::api::{Labels, Snapshotter};
 use strata_snapshotter::client::GrpcSnapshotter;
 use tokio::runtime::Handle;
@@ -43,8 +42,9 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
+use crate::ContainerConfig;
 use crate::events::{self, Events};
-use crate::image::ContainerConfig;
+use crate::images::ImageResolver;
 use crate::runc::Runc;
 use crate::shim::{self, Exit, ShimClient, SpawnOptions};
 use crate::spec::{BindMount, ContainerId, Network, RunOptions};
@@ -218,7 +218,7 @@ type Key = (String, String);
 /// Containers and tasks of every namespace.
 pub struct Lifecycle {
     opts: LifecycleOptions,
-    store: StoreCell,
+    images: Arc<dyn ImageResolver>,
     events: Events,
     rt: Handle,
     tasks: Mutex<HashMap<Key, Arc<Task>>>,
@@ -315,10 +315,15 @@ pub struct TaskState {
 impl Lifecycle {
     /// The lifecycle layer over `opts.root`. Call [`recover`](Self::recover) once the
     /// daemon serves, to find the tasks of an earlier daemon.
-    pub fn new(opts: LifecycleOptions, store: StoreCell, events: Events, rt: Handle) -> Self {
+    pub fn new(
+        opts: LifecycleOptions,
+        images: Arc<dyn ImageResolver>,
+        events: Events,
+        rt: Handle,
+    ) -> Self {
         Lifecycle {
             opts,
-            store,
+            images,
             events,
             rt,
             tasks: Mutex::default(),
@@ -415,7 +420,7 @@ impl Lifecycle {
                 format!("container {id} already exists"),
             ));
         }
-        strata_content::api::validate_labels(&req.labels.clone().into_iter().collect())
+        strata_proto::ident::validate_labels(&req.labels.clone().into_iter().collect())
             .map_err(|e| Error::invalid("container labels").with_source(e))?;
         let mut opts = RunOptions::new(id.clone(), ns.clone());
         opts.args = req.args;
@@ -441,12 +446,10 @@ impl Lifecycle {
                 Error::invalid(format!("platform {:?}", req.platform)).with_source(e)
             })?
         };
-        let store = self
-            .rt
-            .block_on(self.store.get("content store"))
-            .map_err(|s| Error::new(ErrorKind::Unavailable, s.message().to_owned()))?;
-        let image = strata_puller::local::resolve(&store, ns, &req.image, &platform)
-            .map_err(|e| e.context(format!("image {}", req.image)))?;
+        let image = self
+            .images
+            .resolve(ns, &req.image, &platform)
+            .with_context(|| format!("image {}", req.image))?;
         let config = ContainerConfig::from_image_config_json(&image.config)?;
 
         let snapshotter = if req.snapshotter.is_empty() {
@@ -882,7 +885,7 @@ impl Lifecycle {
         id: &str,
         p: &ExecProcess,
     ) -> Result<Arc<Process>> {
-        strata_content::api::validate_identifier("exec id", &p.exec_id)
+        strata_proto::ident::validate_identifier("exec id", &p.exec_id)
             .map_err(|e| Error::invalid("invalid exec id").with_source(e))?;
         if p.args.is_empty() {
             return Err(Error::invalid("exec: empty command line"));
@@ -1080,7 +1083,7 @@ impl Lifecycle {
             else {
                 continue;
             };
-            if strata_content::api::validate_identifier("exec id", exec_id).is_err() {
+            if strata_proto::ident::validate_identifier("exec id", exec_id).is_err() {
                 continue;
             }
             let Some(pid) = read_small(&e.path()).and_then(|b| {

@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use strata_content::api::Namespace;
-use strata_content::service::scope_from_metadata;
 use strata_proto::filter::{Adaptor, Filter, label_field};
+use strata_proto::ident::Namespace;
 use strata_proto::serve::blocking;
 use strata_proto::strata::v1 as pb;
 use strata_proto::time::{from_nanos, to_timestamp};
@@ -33,10 +32,10 @@ const FOLLOW_INTERVAL: Duration = Duration::from_millis(20);
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn namespace<T>(req: &Request<T>) -> Result<Namespace, Status> {
-    let scope = scope_from_metadata(req.metadata())?;
-    Ok(scope
-        .namespace
-        .unwrap_or_else(|| Namespace::new("default").expect("a valid namespace")))
+    Ok(
+        strata_proto::ident::namespace_from_metadata(req.metadata())?
+            .unwrap_or_else(|| Namespace::new("default").expect("a valid namespace")),
+    )
 }
 
 fn status(e: &Error) -> Status {
@@ -429,7 +428,7 @@ impl pb::tasks_server::Tasks for TasksService {
         let (cid, ns2) = (r.container_id.clone(), ns.clone());
         blocking(move || lc.get_container(&ns2, &cid)).await?;
         if !r.exec_id.is_empty() {
-            strata_content::api::validate_identifier("exec id", &r.exec_id)
+            strata_proto::ident::validate_identifier("exec id", &r.exec_id)
                 .map_err(|e| Status::invalid_argument(format!("invalid exec id: {e}")))?;
         }
         let dir = self.lc.container_dir(ns.as_str(), &r.container_id);

@@ -5,13 +5,12 @@
 //! container's rootfs is `prepare(key, top)` (or `view` for read-only), `remove(key)` when
 //! done. Keys are opaque strings; containerd sends `<ns>/<seq>/<key>`.
 
-use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use crate::Result;
 
 /// Labels of a snapshot, ordered by key.
-pub type Labels = BTreeMap<String, String>;
+pub use strata_proto::ident::Labels;
 
 /// What a snapshot is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

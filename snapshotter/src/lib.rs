@@ -33,29 +33,45 @@
 #![warn(missing_docs)]
 
 pub mod api;
+#[cfg(feature = "backends")]
 pub mod backends;
+#[cfg(feature = "backends")]
 pub mod btrfs;
 pub mod client;
+#[cfg(feature = "backends")]
 pub mod copy;
+#[cfg(feature = "backends")]
 pub mod driver;
-
+#[cfg(feature = "backends")]
 mod fsutil;
+#[cfg(feature = "backends")]
 pub mod meta;
 pub mod mount;
+#[cfg(feature = "backends")]
 pub mod native;
+#[cfg(feature = "backends")]
 pub mod overlay;
 pub mod remote;
+#[cfg(feature = "backends")]
 pub mod service;
 pub mod testsuite;
 
 pub use api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Remote, Snapshotter, Usage};
+#[cfg(feature = "backends")]
 pub use backends::{Backend, Backends, Capability, Whiteouts};
+#[cfg(feature = "backends")]
 pub use btrfs::{BtrfsDriver, BtrfsSnapshotter};
 pub use client::GrpcSnapshotter;
+#[cfg(feature = "backends")]
 pub use copy::copy_tree;
+#[cfg(feature = "backends")]
 pub use driver::{DiffDriver, Driver, MetaSnapshotter};
+#[cfg(feature = "backends")]
 pub use fsutil::disk_usage;
+#[cfg(feature = "backends")]
 pub use meta::{MetaStore, Snapshot};
+#[cfg(feature = "backends")]
 pub use native::{NativeDriver, NativeSnapshotter};
+#[cfg(feature = "backends")]
 pub use overlay::{OverlayDriver, OverlayOptions, OverlaySnapshotter};
 pub use strata_proto::{Error, ErrorKind, Result, ResultExt};

@@ -112,9 +112,8 @@ fn key_p(parent: &str, child: &str) -> Vec<u8> {
     k
 }
 
-/// The label containerd's unpacker puts on a layer's Prepare and Commit: the chainID the
-/// layer is committed as. Committed snapshots carrying it are indexed under `t/`.
-pub const SNAPSHOT_REF_LABEL: &str = "containerd.io/snapshot.ref";
+/// Committed snapshots carrying this label are indexed under `t/`.
+pub use crate::remote::SNAPSHOT_REF_LABEL;
 
 fn key_t(target: &str, name: &str) -> Vec<u8> {
     let mut k = b"t/".to_vec();
@@ -153,7 +152,7 @@ fn validate_key(what: &str, key: &str) -> Result<()> {
 }
 
 fn validate_labels(labels: &Labels) -> Result<()> {
-    strata_content::api::validate_labels(labels).map_err(|e| e.context("invalid snapshot labels"))
+    strata_proto::ident::validate_labels(labels).map_err(|e| e.context("invalid snapshot labels"))
 }
 
 fn to_info(name: String, r: &SnapshotRecord) -> Result<Info> {

@@ -10,7 +10,9 @@
 use crate::api::{Info, Remote, Snapshotter};
 use crate::{Error, Result};
 
-pub use crate::meta::SNAPSHOT_REF_LABEL;
+/// The label containerd's unpacker puts on a layer's Prepare and Commit: the chainID the
+/// layer is committed as.
+pub const SNAPSHOT_REF_LABEL: &str = "containerd.io/snapshot.ref";
 
 /// Label on snapshots strata itself made (its puller): the strata namespace owning them.
 /// Requests without a namespace header (a proxying containerd, whose garbage collector

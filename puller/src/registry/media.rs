@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer};
 use strata_proto::Digest;
 
-use super::platform::Platform;
+use strata_proto::Platform;
 use strata_proto::{Error, ErrorKind, Result};
 
 /// OCI image index.

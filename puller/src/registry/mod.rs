@@ -33,7 +33,7 @@ mod blob;
 mod client;
 pub mod hosts;
 mod media;
-mod platform;
+
 mod redact;
 pub mod reference;
 mod resolve;
@@ -47,8 +47,8 @@ pub use media::{
     MANIFEST_ACCEPT, MAX_DOCUMENT_SIZE, Manifest, ManifestKind, OCI_CONFIG, OCI_INDEX,
     OCI_MANIFEST, RootFs, classify,
 };
-pub use platform::Platform;
 pub use redact::redact_url;
 pub use reference::Reference;
 pub use resolve::{Resolved, ResolvedImage, select};
+pub use strata_proto::Platform;
 pub use strata_proto::{Error, ErrorKind, Result};

@@ -14,8 +14,8 @@ use super::media::{
     DOCKER_CONFIG, Descriptor, ImageConfig, Index, MANIFEST_ACCEPT, MAX_DOCUMENT_SIZE, Manifest,
     ManifestKind, OCI_CONFIG, classify,
 };
-use super::platform::Platform;
 use super::reference::Reference;
+use strata_proto::Platform;
 use strata_proto::{Error, ErrorKind, Result};
 
 const MAX_INDEX_DEPTH: usize = 4;

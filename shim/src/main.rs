@@ -1,10 +1,10 @@
 //! `strata-shim`: the per-container shim. Started by the daemon through
-//! `strata_shim_runner::shim::spawn`; see `strata_shim_runner::shim` for what it does.
+//! `strata_shim::shim::spawn`; see `strata_shim_runner::shim` for what it does.
 
 use std::path::PathBuf;
 
 use clap::Parser;
-use strata_shim_runner::shim::server;
+use strata_shim::shim::server;
 
 /// The per-container shim of strata: creates the container with runc, keeps its output and
 /// exit status, and serves the daemon on `<state>/shim.sock`.

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{BUSYBOX, unavailable};
-use strata_content::Namespace;
-use strata_shim_runner::{ContainerConfig, ContainerId, RunOptions, generate};
+use strata_proto::ident::Namespace;
+use strata_shim::{ContainerConfig, ContainerId, RunOptions, generate};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -18,11 +18,9 @@ use oci_spec::runtime::LinuxNamespaceType;
 mod common;
 
 use common::{BUSYBOX, unavailable};
-use strata_content::Namespace;
-use strata_shim_runner::runc::{
-    CreateOpts, ExitStatus, Io, Status, Stdio, become_subreaper, wait_exit,
-};
-use strata_shim_runner::{ContainerConfig, ContainerId, ErrorKind, RunOptions, Runc, generate};
+use strata_proto::ident::Namespace;
+use strata_shim::runc::{CreateOpts, ExitStatus, Io, Status, Stdio, become_subreaper, wait_exit};
+use strata_shim::{ContainerConfig, ContainerId, ErrorKind, RunOptions, Runc, generate};
 
 /// A unique, valid container id.
 fn unique_id() -> ContainerId {

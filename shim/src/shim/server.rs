@@ -48,8 +48,8 @@ use super::protocol::{
 use crate::runc::{
     CreateOpts, ExecOpts, ExitStatus, Io, Runc, Status, Stdio, become_subreaper, wait_exit,
 };
-use crate::spec::ContainerId;
 use crate::{Error, ErrorKind, Result};
+use strata_proto::ident::ContainerId;
 
 /// How long a reaper waits for a process's output to drain after it exited. A process
 /// that left children holding its stdout (possible without a PID namespace) must not
@@ -901,7 +901,7 @@ impl Shim {
     }
 
     fn exec(&self, exec_id: &str, mut process: serde_json::Value, tty: bool) -> Result<u32> {
-        strata_content::api::validate_identifier("exec id", exec_id).map_err(|e| {
+        strata_proto::ident::validate_identifier("exec id", exec_id).map_err(|e| {
             Error::new(ErrorKind::InvalidArgument, "invalid exec id").with_source(e)
         })?;
         let Some(obj) = process.as_object_mut() else {

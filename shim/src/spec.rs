@@ -28,7 +28,6 @@
 //! Image labels are never read here: an image cannot grant itself privileges, mounts or
 //! namespaces, whatever its labels say.
 
-use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
@@ -38,7 +37,7 @@ use oci_spec::runtime::{
     PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
     UserBuilder,
 };
-use strata_content::Namespace;
+use strata_proto::ident::Namespace;
 
 use crate::image::ContainerConfig;
 use crate::user;
@@ -154,39 +153,7 @@ pub const DEFAULT_MOUNTS: [(&str, &str, &str, &[&str]); 8] = [
     ),
 ];
 
-/// A validated container id (containerd's identifier rules: alphanumerics separated by
-/// single `.`, `_` or `-`, at most 76 bytes), safe in a cgroup path and a hostname.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ContainerId(String);
-
-impl ContainerId {
-    /// Validates `id`.
-    ///
-    /// # Errors
-    /// `InvalidArgument` if it breaks the identifier rules.
-    pub fn new(id: &str) -> Result<Self> {
-        strata_content::api::validate_identifier("container id", id)
-            .map_err(|e| Error::invalid("invalid container id").with_source(e))?;
-        Ok(ContainerId(id.to_owned()))
-    }
-
-    /// The id.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ContainerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for ContainerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ContainerId({})", self.0)
-    }
-}
+pub use strata_proto::ident::ContainerId;
 
 /// A host directory or file bind-mounted into the container: `--mount src:dst[:ro|:rw]`.
 #[derive(Clone, Debug, PartialEq, Eq)]

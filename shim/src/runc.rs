@@ -63,8 +63,8 @@ use nix::sys::wait::{WaitStatus, waitpid};
 pub use nix::unistd::Pid;
 use serde::Deserialize;
 
-use crate::spec::ContainerId;
 use crate::{Error, ErrorKind, Result};
+use strata_proto::ident::ContainerId;
 
 /// The most of runc's error message kept in an error, in bytes (the end of it).
 pub const MAX_MESSAGE: usize = 4096;

@@ -25,8 +25,8 @@ use super::SocketPath;
 use super::protocol::{
     ExecReply, Exit, Handshake, MAX_LINE, PidsReply, Request, Response, StateReply,
 };
-use crate::spec::ContainerId;
 use crate::{Error, ErrorKind, Result};
+use strata_proto::ident::ContainerId;
 
 /// The most of `shim.log` quoted when a shim dies before its handshake.
 const LOG_TAIL: u64 = 4096;

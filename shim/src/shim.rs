@@ -72,7 +72,7 @@ pub fn exit_path(state: &Path, exec_id: &str) -> PathBuf {
 }
 
 /// `init.<ext>`, or `exec-<id>.<ext>` for an exec (its id already validated).
-pub(crate) fn process_file(state: &Path, exec_id: &str, ext: &str) -> PathBuf {
+pub fn process_file(state: &Path, exec_id: &str, ext: &str) -> PathBuf {
     if exec_id.is_empty() {
         state.join(format!("init.{ext}"))
     } else {

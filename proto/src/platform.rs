@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use strata_proto::{Error, Result};
+use crate::{Error, Result};
 
 /// An image platform as it appears in an index entry or an image config.
 #[derive(Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]

@@ -20,10 +20,10 @@ mod common;
 use common::{BUSYBOX, unavailable};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use strata_content::Namespace;
-use strata_shim_runner::shim::log::{FrameReader, STDERR, STDOUT};
-use strata_shim_runner::shim::{Exit, ShimClient, SpawnOptions, read_exit, spawn};
-use strata_shim_runner::{ContainerConfig, ContainerId, ErrorKind, RunOptions, generate};
+use strata_proto::ident::Namespace;
+use strata_shim::shim::log::{FrameReader, STDERR, STDOUT};
+use strata_shim::shim::{Exit, ShimClient, SpawnOptions, read_exit, spawn};
+use strata_shim::{ContainerConfig, ContainerId, ErrorKind, RunOptions, generate};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
