@@ -16,6 +16,7 @@ use strata_content::service::{ContentService, LeasesService, StoreCell};
 use strata_content::{LocalStore, SharingPolicy, StoreOptions};
 use strata_proto::strata::v1 as spb;
 use strata_puller::service::{ImagesService, RegistrySettings};
+use strata_snapshotter::observe::{SnapshotEvent, SnapshotEvents};
 use strata_snapshotter::overlay::kernel_supports_index;
 use strata_snapshotter::service::{Backends, BackendsCell, SnapshotsService};
 use strata_snapshotter::{
@@ -331,21 +332,8 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let pulled = {
         let events = events.clone();
         Arc::new(
-            move |ns: &str, snapshotter: &str, p: &strata_puller::Progress| {
-                // The unpack commits in-process, not through the snapshots service.
-                for l in &p.layers {
-                    if let Some(chain) = &l.committed {
-                        events.publish(
-                            ns,
-                            strata_shim_runner::events::SNAPSHOT_COMMIT,
-                            pb_event::Event::Snapshot(spb::SnapshotEvent {
-                                snapshotter: snapshotter.to_owned(),
-                                key: String::new(),
-                                name: chain.to_string(),
-                            }),
-                        );
-                    }
-                }
+            // The layers' commits are published by the snapshot events wrapper.
+            move |ns: &str, _snapshotter: &str, p: &strata_puller::Progress| {
                 events.publish(
                     ns,
                     strata_shim_runner::events::IMAGE_PULL,
@@ -361,20 +349,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             },
         )
     };
-    let committed = {
-        let events = events.clone();
-        Arc::new(move |ns: &str, snapshotter: &str, key: &str, name: &str| {
-            events.publish(
-                ns,
-                strata_shim_runner::events::SNAPSHOT_COMMIT,
-                pb_event::Event::Snapshot(spb::SnapshotEvent {
-                    snapshotter: snapshotter.to_owned(),
-                    key: key.to_owned(),
-                    name: name.to_owned(),
-                }),
-            );
-        })
-    };
+    let snapshot_events: Arc<dyn SnapshotEvents> = Arc::new(BusSnapshotEvents(events.clone()));
 
     let admin = Admin {
         store: cell.clone(),
@@ -386,12 +361,13 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .add_service(LeasesService::new(cell.clone()).into_server())
         .add_service(
             SnapshotsService::new(snap_cell.clone())
-                .with_commit_hook(committed)
+                .with_events(snapshot_events.clone())
                 .into_server(),
         )
         .add_service(
             ImagesService::new(cell.clone(), snap_cell, opts.registry.clone())
                 .with_pulled_hook(pulled)
+                .with_snapshot_events(snapshot_events)
                 .into_server(),
         )
         .add_service(ContainersService::new(lifecycle.clone()).into_server())
@@ -462,6 +438,26 @@ fn open_backends(root: &Path, snaps: &SnapshotOptions) -> anyhow::Result<Backend
     Ok(backends)
 }
 
+/// Snapshot events onto the daemon's event bus: every commit, through the snapshots
+/// service or a pull's unpacker, is published once.
+struct BusSnapshotEvents(Events);
+
+impl SnapshotEvents for BusSnapshotEvents {
+    fn publish(&self, ns: &str, snapshotter: &str, event: SnapshotEvent) {
+        match event {
+            SnapshotEvent::Commit { key, name } => self.0.publish(
+                ns,
+                strata_shim_runner::events::SNAPSHOT_COMMIT,
+                pb_event::Event::Snapshot(spb::SnapshotEvent {
+                    snapshotter: snapshotter.to_owned(),
+                    key,
+                    name,
+                }),
+            ),
+        }
+    }
+}
+
 /// The lifecycle's images: resolved from the content store (once it is open) by the
 /// puller's local resolution, so the runtime crate links no store.
 struct StoreImages {
@@ -506,7 +502,7 @@ fn collect(
         .map_err(|e| e.context("collect content"))?;
     let mut snapshots = 0;
     for (name, b) in backends.iter() {
-        snapshots += strata_puller::pull::collect_snapshots(store, name, &**b.snapshotter())?;
+        snapshots += strata_puller::gc::collect_snapshots(store, name, &**b.snapshotter())?;
     }
     Ok((r, snapshots))
 }

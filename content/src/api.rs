@@ -14,6 +14,7 @@ use std::time::SystemTime;
 
 use strata_proto::Digest;
 
+use crate::images::Image;
 use crate::{Error, Result};
 
 pub(crate) use strata_proto::ident::truncate;
@@ -123,6 +124,18 @@ pub struct WriterOptions {
     pub expected: Option<Digest>,
 }
 
+/// Random-access bytes: a committed blob, or an ingest while its writer appends.
+pub trait ReadAt: Send + Sync {
+    /// Reads up to `buf.len()` bytes at `offset`; returns the count, 0 at the end.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+}
+
+impl ReadAt for std::fs::File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(self, buf, offset)
+    }
+}
+
 /// Reads committed blobs.
 pub trait Provider: Send + Sync {
     /// The blob's info as `scope` sees it.
@@ -137,6 +150,13 @@ pub trait Provider: Send + Sync {
     /// `NotFound` when the blob is not visible; `OutOfRange` when `offset` is past its end.
     fn read_at(&self, scope: &Scope, digest: &Digest, offset: u64, buf: &mut [u8])
     -> Result<usize>;
+
+    /// A random-access reader of the blob, checked visible once when opened (a layer is
+    /// read through one of these without a lookup per read).
+    ///
+    /// # Contract
+    /// `NotFound` when the blob is not visible in the scope.
+    fn reader(&self, scope: &Scope, digest: &Digest) -> Result<Box<dyn ReadAt>>;
 }
 
 /// Opens writers.
@@ -151,6 +171,14 @@ pub trait Ingester: Send + Sync {
     /// - Under the shared content policy, a blob committed in another namespace is offered
     ///   as an ingest already at `offset == size` that commits without re-upload.
     fn writer(&self, scope: &Scope, opts: WriterOptions) -> Result<Box<dyn Writer>>;
+
+    /// The bytes written so far to ingest `ref`, readable while its writer appends, up to
+    /// the offset the writer reported (a puller extracts a layer while it downloads).
+    ///
+    /// # Contract
+    /// `NotFound` when there is no such ingest; `Unimplemented` where the store cannot
+    /// offer it (over gRPC): a follower then waits for the commit and reads the blob.
+    fn ingest_reader(&self, scope: &Scope, r#ref: &str) -> Result<Box<dyn ReadAt>>;
 }
 
 /// An open ingest. Dropping it releases the ref (as [`Writer::close`] does).
@@ -223,7 +251,31 @@ pub trait Manager: Send + Sync {
 
 /// A whole content store.
 pub trait ContentStore: Provider + Ingester + IngestManager + Manager {}
-impl<T: Provider + Ingester + IngestManager + Manager> ContentStore for T {}
+impl<T: Provider + Ingester + IngestManager + Manager + ?Sized> ContentStore for T {}
+
+/// Image records, per namespace: a name pointing at a manifest or index, a GC root.
+///
+/// # Contract
+/// `NotFound` for a name that has no record; `InvalidArgument` for a name or labels that
+/// break the rules (see [`crate::images`]).
+pub trait ImageStore: Send + Sync {
+    /// Creates or replaces the image `image.name` in `ns`; keeps the creation time of a
+    /// record it replaces. Returns the stored record.
+    fn put_image(&self, ns: &Namespace, image: &Image) -> Result<Image>;
+    /// The image `name` in `ns`.
+    fn get_image(&self, ns: &Namespace, name: &str) -> Result<Image>;
+    /// Images of `ns` matching `filters`, by name.
+    fn list_images(&self, ns: &Namespace, filters: &[String]) -> Result<Vec<Image>>;
+    /// Removes the image `name` from `ns`.
+    fn delete_image(&self, ns: &Namespace, name: &str) -> Result<()>;
+    /// Every image of every namespace, as `(namespace, image)`.
+    fn all_images(&self) -> Result<Vec<(String, Image)>>;
+}
+
+/// What a pull writes to and reads from: blobs and their labels, ingests, leases and
+/// image records. [`crate::LocalStore`] is one; any store implementing the parts is.
+pub trait ImageContentStore: ContentStore + LeaseManager + ImageStore {}
+impl<T: ContentStore + LeaseManager + ImageStore + ?Sized> ImageContentStore for T {}
 
 /// A lease: protects the resources added to it from garbage collection until deleted or
 /// expired (label `containerd.io/gc.expire`, RFC 3339).

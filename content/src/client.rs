@@ -173,6 +173,29 @@ impl Provider for GrpcStore {
             Ok(n)
         })
     }
+
+    fn reader(&self, scope: &Scope, digest: &Digest) -> Result<Box<dyn crate::api::ReadAt>> {
+        Provider::info(self, scope, digest)?;
+        Ok(Box::new(GrpcReader {
+            store: self.clone(),
+            scope: scope.clone(),
+            digest: digest.clone(),
+        }))
+    }
+}
+
+/// A blob read over gRPC, one Read call per `read_at`.
+struct GrpcReader {
+    store: GrpcStore,
+    scope: Scope,
+    digest: Digest,
+}
+
+impl crate::api::ReadAt for GrpcReader {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        Provider::read_at(&self.store, &self.scope, &self.digest, offset, buf)
+            .map_err(std::io::Error::other)
+    }
 }
 
 /// A Write stream held open as one writer.
@@ -275,6 +298,13 @@ impl Writer for GrpcWriter {
 }
 
 impl Ingester for GrpcStore {
+    fn ingest_reader(&self, _: &Scope, r: &str) -> Result<Box<dyn crate::api::ReadAt>> {
+        Err(Error::new(
+            ErrorKind::Unimplemented,
+            format!("ingest {r:?}: content.v1 cannot read an ingest while it is written"),
+        ))
+    }
+
     fn writer(&self, scope: &Scope, opts: WriterOptions) -> Result<Box<dyn Writer>> {
         let mut c = self.content.clone();
         let (tx, rx) = mpsc::channel(2);

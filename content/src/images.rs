@@ -218,3 +218,21 @@ impl LocalStore {
         Ok(out)
     }
 }
+
+impl crate::api::ImageStore for LocalStore {
+    fn put_image(&self, ns: &Namespace, image: &Image) -> Result<Image> {
+        LocalStore::put_image(self, ns, image)
+    }
+    fn get_image(&self, ns: &Namespace, name: &str) -> Result<Image> {
+        LocalStore::get_image(self, ns, name)
+    }
+    fn list_images(&self, ns: &Namespace, filters: &[String]) -> Result<Vec<Image>> {
+        LocalStore::list_images(self, ns, filters)
+    }
+    fn delete_image(&self, ns: &Namespace, name: &str) -> Result<()> {
+        LocalStore::delete_image(self, ns, name)
+    }
+    fn all_images(&self) -> Result<Vec<(String, Image)>> {
+        LocalStore::all_images(self)
+    }
+}

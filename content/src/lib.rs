@@ -30,8 +30,9 @@ mod store;
 pub mod testsuite;
 
 pub use api::{
-    ContentStore, Info, IngestManager, Ingester, Labels, Lease, LeaseManager, Manager, Namespace,
-    Provider, Resource, Scope, Status, Writer, WriterOptions,
+    ContentStore, ImageContentStore, ImageStore, Info, IngestManager, Ingester, Labels, Lease,
+    LeaseManager, Manager, Namespace, Provider, ReadAt, Resource, Scope, Status, Writer,
+    WriterOptions,
 };
 pub use client::GrpcStore;
 pub use images::{Image, Target};

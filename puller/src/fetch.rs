@@ -6,15 +6,12 @@
 //! held (`Unavailable`), waits, and then finds the blob committed (`AlreadyExists`). The
 //! content store verifies size and digest at commit; nothing unverified becomes a blob.
 
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use strata_content::{
-    ErrorKind as ContentKind, Ingester, Labels, LocalStore, Scope, WriterOptions,
+    ContentStore, ErrorKind as ContentKind, Labels, ReadAt, Scope, WriterOptions,
 };
 use strata_proto::{Digest, ErrorKind};
 
@@ -32,7 +29,7 @@ pub struct Blob {
 }
 
 /// Where blob bytes come from (a registry, a mirror).
-pub trait BlobSource: Send + Sync {
+pub trait FetchSource: Send + Sync {
     /// Opens `blob` at `offset`. Returns the reader and the offset it really starts at:
     /// `offset`, or 0 when the server ignored the range request.
     fn open(&self, blob: &Blob, offset: u64) -> Result<(Box<dyn Read + Send>, u64)>;
@@ -60,7 +57,7 @@ const WINDOW: usize = 4;
 /// Reads bytes `start..end` of `blob` from `src` into `buf` (reused), reopening the
 /// range where a connection breaks; `None` when the source serves no ranges.
 fn fetch_range(
-    src: &dyn BlobSource,
+    src: &dyn FetchSource,
     blob: &Blob,
     start: u64,
     end: u64,
@@ -111,7 +108,7 @@ fn fetch_range(
 fn fetch_chunks(
     w: &mut dyn strata_content::Writer,
     blob: &Blob,
-    src: &dyn BlobSource,
+    src: &dyn FetchSource,
     mut offset: u64,
     follow: Option<&Follow>,
     progress: &dyn Fn(u64),
@@ -197,9 +194,9 @@ enum FollowState {
     #[default]
     Pending,
     /// `written` bytes of the ingest file are in place.
-    Growing { file: Arc<File>, written: u64 },
-    /// Committed and verified: the rest is in the store's blob at `blob`.
-    Done { blob: PathBuf },
+    Growing { file: Arc<dyn ReadAt>, written: u64 },
+    /// Committed and verified: the rest is read from the store's blob.
+    Done { blob: Arc<dyn ReadAt> },
     /// The fetch failed (or never ran); the message says why.
     Failed(String),
 }
@@ -254,7 +251,7 @@ impl Follow {
 pub struct FollowReader<'a> {
     follow: &'a Follow,
     pos: u64,
-    blob: Option<File>,
+    blob: Option<Arc<dyn ReadAt>>,
 }
 
 impl Read for FollowReader<'_> {
@@ -286,7 +283,7 @@ impl Read for FollowReader<'_> {
                 }
                 FollowState::Done { blob } => {
                     // The store's blob is what was verified: read the rest from it.
-                    self.blob = Some(File::open(blob)?);
+                    self.blob = Some(blob.clone());
                 }
                 FollowState::Failed(why) => return Err(std::io::Error::other(why.clone())),
                 FollowState::Pending | FollowState::Growing { .. } => {
@@ -297,23 +294,29 @@ impl Read for FollowReader<'_> {
     }
 }
 
-/// Signals a [`Follow`] when a fetch ends: done on success, failed on any error path.
+/// Signals a [`Follow`] when a fetch ends: done on success (with a reader of the
+/// committed blob), failed on any error path.
 struct FollowGuard<'a> {
     follow: Option<&'a Follow>,
-    blob: PathBuf,
+    store: &'a dyn ContentStore,
+    scope: &'a Scope,
+    digest: &'a Digest,
     ok: bool,
 }
 
 impl Drop for FollowGuard<'_> {
     fn drop(&mut self) {
-        if let Some(f) = self.follow {
-            if self.ok {
-                f.set(FollowState::Done {
-                    blob: std::mem::take(&mut self.blob),
-                });
-            } else {
-                f.abandon("the blob's download failed");
-            }
+        let Some(f) = self.follow else { return };
+        if !self.ok {
+            f.abandon("the blob's download failed");
+            return;
+        }
+        match self.store.reader(self.scope, self.digest) {
+            Ok(r) => f.set(FollowState::Done { blob: Arc::from(r) }),
+            Err(e) => f.abandon(&format!(
+                "open committed blob: {}",
+                strata_proto::error_chain(&e)
+            )),
         }
     }
 }
@@ -322,17 +325,19 @@ impl Drop for FollowGuard<'_> {
 /// with the bytes stored so far. `follow`, when given, lets a reader consume the blob as
 /// it arrives.
 pub fn fetch_blob(
-    store: &LocalStore,
+    store: &dyn ContentStore,
     scope: &Scope,
     blob: &Blob,
-    src: &dyn BlobSource,
+    src: &dyn FetchSource,
     labels: &Labels,
     progress: &dyn Fn(u64),
     follow: Option<&Follow>,
 ) -> Result<Fetched> {
     let mut guard = FollowGuard {
         follow,
-        blob: store.blob_path(&blob.digest),
+        store,
+        scope,
+        digest: &blob.digest,
         ok: false,
     };
     let started = Instant::now();
@@ -362,16 +367,14 @@ pub fn fetch_blob(
         w.truncate(0).context("reset oversized ingest")?;
         offset = 0;
     }
+    // A store that cannot show an ingest while it grows leaves the follower waiting for
+    // the commit.
     if let Some(f) = follow
         && offset < blob.size
-        && let Ok(file) = File::open(
-            store
-                .ingest_data_path(scope, &r#ref)
-                .context("ingest path")?,
-        )
+        && let Ok(file) = store.ingest_reader(scope, &r#ref)
     {
         f.set(FollowState::Growing {
-            file: Arc::new(file),
+            file: Arc::from(file),
             written: offset,
         });
     }

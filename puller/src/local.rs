@@ -5,8 +5,7 @@
 //! bounds and the same index/manifest checks: the store is shared with containerd, which
 //! may have written them.
 
-use strata_content::LocalStore;
-use strata_content::api::{Namespace, Provider, Scope};
+use strata_content::api::{ImageContentStore, Namespace, Scope};
 use strata_proto::Digest;
 
 use crate::ErrorKind;
@@ -34,7 +33,7 @@ pub struct LocalImage {
 /// Reads `digest` from `store` in namespace `ns`, refusing anything over
 /// [`MAX_DOCUMENT_SIZE`].
 fn read_document(
-    store: &LocalStore,
+    store: &dyn ImageContentStore,
     scope: &Scope,
     digest: &Digest,
     what: &str,
@@ -63,7 +62,7 @@ fn read_document(
 /// `NotFound` if there is no such image or no manifest for the platform;
 /// `InvalidArgument` for a malformed reference or document; the content store's errors.
 pub fn resolve(
-    store: &LocalStore,
+    store: &dyn ImageContentStore,
     ns: &Namespace,
     name: &str,
     platform: &Platform,

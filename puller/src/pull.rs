@@ -5,17 +5,14 @@ use std::io::Read;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
-use futures::StreamExt;
-use strata_content::{
-    Image, Labels, LeaseManager, LocalStore, Manager, Namespace, Scope, Target as ImageTarget,
-};
+use strata_content::{Image, ImageContentStore, Labels, Namespace, Scope, Target as ImageTarget};
 use strata_proto::Digest;
 use strata_snapshotter::{Rebase, Snapshotter};
 use tokio::runtime::Handle;
 
-use crate::fetch::{Blob, BlobSource, Fetched, Follow, fetch_blob};
-use crate::registry::{self, Descriptor, Platform, Reference, RegistryClient};
+use crate::fetch::{FetchSource, Fetched, Follow, fetch_blob};
+use crate::registry::{self, Platform, Reference, RegistryClient};
+use crate::source::{BytesSource, RegistrySource, blob_of};
 use crate::unpack::{Layer, LayerSource, UnpackEvent, Unpacker};
 use crate::{Error, ErrorKind, Limits, Result, ResultExt, WhiteoutMode};
 
@@ -82,106 +79,13 @@ pub struct PullRequest<'a> {
     pub unpack: Option<UnpackTo<'a>>,
 }
 
-/// Reads a registry blob stream synchronously, for the content store's writer.
-struct StreamReader {
-    rt: Handle,
-    stream: registry::BlobStream,
-    chunk: Bytes,
-}
-
-impl Read for StreamReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.rt.block_on(self.stream.next()) {
-                None => return Ok(0),
-                Some(Ok(b)) => self.chunk = b,
-                Some(Err(e)) => return Err(std::io::Error::other(e)),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk[..n]);
-        let _ = self.chunk.split_to(n);
-        Ok(n)
-    }
-}
-
-/// A registry repository as a [`BlobSource`].
-struct RegistrySource<'a> {
-    rt: Handle,
-    client: &'a RegistryClient,
-    reference: &'a Reference,
-}
-
-impl BlobSource for RegistrySource<'_> {
-    fn open(&self, blob: &Blob, offset: u64) -> Result<(Box<dyn Read + Send>, u64)> {
-        let range = (offset > 0 && offset < blob.size).then_some(offset..blob.size);
-        let stream = self.stream(blob, range)?;
-        let start = stream.offset();
-        Ok((
-            Box::new(StreamReader {
-                rt: self.rt.clone(),
-                stream,
-                chunk: Bytes::new(),
-            }),
-            start,
-        ))
-    }
-
-    fn open_range(
-        &self,
-        blob: &Blob,
-        range: std::ops::Range<u64>,
-    ) -> Result<Option<Box<dyn Read + Send>>> {
-        let stream = self.stream(blob, Some(range))?;
-        // A server that ignores ranges would send the prefix again for every chunk.
-        if !stream.range_honoured() {
-            return Ok(None);
-        }
-        Ok(Some(Box::new(StreamReader {
-            rt: self.rt.clone(),
-            stream,
-            chunk: Bytes::new(),
-        })))
-    }
-}
-
-impl RegistrySource<'_> {
-    fn stream(
-        &self,
-        blob: &Blob,
-        range: Option<std::ops::Range<u64>>,
-    ) -> Result<registry::BlobStream> {
-        let desc = Descriptor::new(blob.media_type.clone(), blob.digest.clone(), blob.size);
-        self.rt
-            .block_on(self.client.fetch_blob(self.reference, &desc, range))
-    }
-}
-
-/// In-memory bytes as a [`BlobSource`] (documents already fetched and verified).
-struct BytesSource(Bytes);
-
-impl BlobSource for BytesSource {
-    fn open(&self, _: &Blob, offset: u64) -> Result<(Box<dyn Read + Send>, u64)> {
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(self.0.len());
-        Ok((
-            Box::new(std::io::Cursor::new(self.0.slice(start..))),
-            start as u64,
-        ))
-    }
-}
-
-fn blob_of(d: &Descriptor) -> Blob {
-    Blob {
-        media_type: d.media_type.clone(),
-        digest: d.digest.clone(),
-        size: d.size,
-    }
-}
-
 /// Adds `labels` to a blob (created with them, or updated if it existed).
-fn label_blob(store: &LocalStore, scope: &Scope, d: &Digest, labels: &Labels) -> Result<()> {
+fn label_blob(
+    store: &dyn ImageContentStore,
+    scope: &Scope,
+    d: &Digest,
+    labels: &Labels,
+) -> Result<()> {
     if labels.is_empty() {
         return Ok(());
     }
@@ -204,7 +108,7 @@ fn check_layer_media_type(mt: &str) -> Result<()> {
 pub fn pull(
     rt: &Handle,
     client: &RegistryClient,
-    store: &LocalStore,
+    store: &dyn ImageContentStore,
     ns: &Namespace,
     req: &PullRequest<'_>,
     on: &(dyn Fn(&Progress) + Sync),
@@ -256,7 +160,7 @@ pub fn pull(
     let mut lease_labels = Labels::new();
     lease_labels.insert(
         strata_content::GC_EXPIRE.into(),
-        crate::pull::rfc3339_in(std::time::Duration::from_secs(24 * 3600)),
+        rfc3339_in(std::time::Duration::from_secs(24 * 3600)),
     );
     store
         .create_lease(&plain, &lease, lease_labels)
@@ -284,28 +188,7 @@ fn unique_suffix() -> u64 {
 
 /// RFC 3339 UTC time `d` from now.
 pub(crate) fn rfc3339_in(d: std::time::Duration) -> String {
-    let secs = (std::time::SystemTime::now() + d)
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    strata_proto::time::format_rfc3339(std::time::SystemTime::now() + d)
 }
 
 /// Layer blobs read as they download.
@@ -331,10 +214,10 @@ impl LayerSource for FollowSource<'_> {
 /// Fetches the manifest's layers, `req.concurrency` at once; the first error stops the
 /// others from starting.
 fn fetch_layers(
-    store: &LocalStore,
+    store: &dyn ImageContentStore,
     scope: &Scope,
     resolved: &registry::ResolvedImage,
-    src: &dyn BlobSource,
+    src: &dyn FetchSource,
     req: &PullRequest<'_>,
     report: &Report<'_>,
     follows: &[Follow],
@@ -407,7 +290,7 @@ fn fetch_layers(
 fn pull_leased(
     rt: &Handle,
     client: &RegistryClient,
-    store: &LocalStore,
+    store: &dyn ImageContentStore,
     scope: &Scope,
     ns: &Namespace,
     reference: &Reference,
@@ -578,81 +461,4 @@ fn pull_leased(
     };
     store.put_image(ns, &image).context("record image")?;
     Ok(())
-}
-
-/// Removes committed snapshots strata's puller made ([`crate::unpack::OWNER_LABEL`]) in
-/// `name`'s backend that no image references (through its `strata.io/snapshot.<name>`
-/// label, and the chain below it), leaf first, and extraction snapshots an earlier
-/// daemon left behind. Snapshots containerd or other clients
-/// made are never touched. Returns how many were removed.
-pub fn collect_snapshots(store: &LocalStore, name: &str, sn: &dyn Snapshotter) -> Result<usize> {
-    use std::collections::{HashMap, HashSet};
-    let key = format!("{SNAPSHOT_LABEL_PREFIX}{name}");
-    let mut keep: HashSet<String> = HashSet::new();
-    let mut owned: HashMap<String, Option<String>> = HashMap::new();
-    let mut parents: HashMap<String, Option<String>> = HashMap::new();
-    // Extraction snapshots of an earlier daemon (killed mid-unpack): their key carries
-    // the pid of the process that made them.
-    let mut stale_extractions = Vec::new();
-    sn.walk(&[], &mut |i| {
-        if i.kind == strata_snapshotter::Kind::Active
-            && i.labels.contains_key(crate::unpack::OWNER_LABEL)
-            && crate::unpack::extraction_pid(&i.name).is_some_and(|p| p != std::process::id())
-        {
-            stale_extractions.push(i.name.clone());
-        }
-        parents.insert(i.name.clone(), i.parent.clone());
-        if i.kind == strata_snapshotter::Kind::Committed
-            && i.labels.contains_key(crate::unpack::OWNER_LABEL)
-        {
-            owned.insert(i.name, i.parent);
-        }
-        Ok(())
-    })
-    .context("list snapshots")?;
-    let images = store.all_images().context("list images")?;
-    for (_, image) in images {
-        let mut next = image.labels.get(&key).cloned();
-        while let Some(n) = next {
-            if !keep.insert(n.clone()) {
-                break;
-            }
-            next = parents.get(&n).cloned().flatten();
-        }
-    }
-    // Anything else uses a snapshot as parent: keep the chain below it too.
-    for (child, parent) in &parents {
-        if owned.contains_key(child) {
-            continue;
-        }
-        let mut next = parent.clone();
-        while let Some(n) = next {
-            if !keep.insert(n.clone()) {
-                break;
-            }
-            next = parents.get(&n).cloned().flatten();
-        }
-    }
-    let mut doomed: Vec<String> = owned
-        .keys()
-        .filter(|n| !keep.contains(*n))
-        .cloned()
-        .collect();
-    doomed.extend(stale_extractions);
-    let mut removed = 0;
-    // Leaf first: a snapshot with children is retried after they are gone.
-    loop {
-        let before = doomed.len();
-        doomed.retain(|n| match sn.remove(n) {
-            Ok(()) => {
-                removed += 1;
-                false
-            }
-            Err(_) => true,
-        });
-        if doomed.is_empty() || doomed.len() == before {
-            break;
-        }
-    }
-    Ok(removed)
 }

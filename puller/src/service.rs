@@ -13,6 +13,8 @@ use strata_proto::serve::blocking;
 use strata_proto::status_from_error;
 use strata_proto::strata::v1 as pb;
 use strata_proto::time::to_timestamp;
+use strata_snapshotter::Rebase;
+use strata_snapshotter::observe::{Discard, SnapshotEvents};
 use strata_snapshotter::service::BackendsCell;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -58,6 +60,7 @@ pub struct ImagesService {
     backends: BackendsCell,
     registry: RegistrySettings,
     on_pulled: Option<PulledHook>,
+    events: Arc<dyn SnapshotEvents>,
 }
 
 impl ImagesService {
@@ -68,7 +71,15 @@ impl ImagesService {
             backends,
             registry,
             on_pulled: None,
+            events: Arc::new(Discard),
         }
+    }
+
+    /// Reports the commits of every unpack to `events`, with the pull's namespace (the
+    /// unpacker commits through an [`Observed`] wrapper, as the snapshots service does).
+    pub fn with_snapshot_events(mut self, events: Arc<dyn SnapshotEvents>) -> Self {
+        self.events = events;
+        self
     }
 
     /// Calls `hook` after every successful pull.
@@ -184,14 +195,18 @@ impl pb::images_server::Images for ImagesService {
         let rt = tokio::runtime::Handle::current();
         let (tx, rx) = mpsc::channel(64);
         let on_pulled = self.on_pulled.clone();
+        let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
             let name = backends.route_name(&r.snapshotter);
             let backend = backends.get(&name).cloned();
-            let unpack = match (&backend, r.no_unpack) {
-                (Some(b), false) => Some(UnpackTo {
+            let observed = backend
+                .as_ref()
+                .map(|b| b.observed(events, ns.as_str(), &name));
+            let unpack = match (&backend, &observed, r.no_unpack) {
+                (Some(b), Some(o), false) => Some(UnpackTo {
                     name: name.clone(),
-                    snapshotter: &**b.snapshotter(),
-                    rebase: b.rebase().map(|r| &**r),
+                    snapshotter: o,
+                    rebase: o.can_rebase().then_some(o as &(dyn Rebase + Send + Sync)),
                     whiteouts: WhiteoutMode::of(b.whiteouts()),
                 }),
                 _ => None,

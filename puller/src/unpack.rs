@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use sha2::{Digest as _, Sha256};
-use strata_content::{LocalStore, Provider, Scope};
+use strata_content::{Provider, ReadAt, Scope};
 use strata_proto::Digest;
 use strata_snapshotter::mount::{mount_all, unmount_all};
 use strata_snapshotter::{Labels, Mount, Rebase, Snapshotter};
@@ -81,7 +81,7 @@ pub enum UnpackEvent {
 /// Where and how to unpack.
 pub struct Unpacker<'a> {
     /// The content store holding the layer blobs.
-    pub store: &'a LocalStore,
+    pub store: &'a dyn Provider,
     /// The scope the blobs are visible in.
     pub scope: &'a Scope,
     /// The target snapshotter.
@@ -112,9 +112,23 @@ pub trait LayerSource: Sync {
     fn verified(&self, i: usize, layer: &Layer) -> Result<()>;
 }
 
+/// A [`ReadAt`] read from start to end.
+struct ReadAtReader {
+    r: Box<dyn ReadAt>,
+    pos: u64,
+}
+
+impl Read for ReadAtReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.r.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// Layer blobs already in the content store.
 struct StoreSource<'a> {
-    store: &'a LocalStore,
+    store: &'a dyn Provider,
     scope: &'a Scope,
 }
 
@@ -123,9 +137,11 @@ impl LayerSource for StoreSource<'_> {
         self.store
             .info(self.scope, &layer.digest)
             .with_context(|| format!("layer {i} blob"))?;
-        let blob = File::open(self.store.blob_path(&layer.digest))
-            .map_err(|e| Error::internal("open layer blob", e))?;
-        Ok(Box::new(blob))
+        let blob = self
+            .store
+            .reader(self.scope, &layer.digest)
+            .with_context(|| format!("open layer {i} blob"))?;
+        Ok(Box::new(ReadAtReader { r: blob, pos: 0 }))
     }
 
     fn verified(&self, _: usize, _: &Layer) -> Result<()> {

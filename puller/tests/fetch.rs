@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use strata_content::testsuite::{content, digest_of};
 use strata_content::{Labels, LocalStore, Provider, Scope, StoreOptions};
 use strata_puller::fetch::CHUNKED_MIN;
-use strata_puller::{Blob, BlobSource, Fetched, Result, fetch_blob};
+use strata_puller::{Blob, FetchSource, Fetched, Result, fetch_blob};
 
 /// Serves `data`, honouring ranges or not, cutting each connection after `cut` bytes.
 struct Source {
@@ -34,7 +34,7 @@ impl Source {
     }
 }
 
-impl BlobSource for Source {
+impl FetchSource for Source {
     fn open(&self, _: &Blob, offset: u64) -> Result<(Box<dyn Read + Send>, u64)> {
         self.opens.fetch_add(1, Ordering::SeqCst);
         self.offsets.lock().unwrap().push(offset);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::api::{Cleanup, Rebase, Remote, Snapshotter};
 use crate::driver::{DiffDriver, Driver, MetaSnapshotter};
+use crate::observe::{Observed, SnapshotEvents};
 use crate::remote::Targets;
 
 /// An optional feature a backend implements.
@@ -156,6 +157,23 @@ impl Backend {
     /// Its root directory, where it has one.
     pub fn root(&self) -> Option<&Path> {
         self.root.as_deref()
+    }
+
+    /// This backend wrapped so that its commits are reported to `events` on behalf of
+    /// namespace `ns` (see [`Observed`]); `snapshotter` is the name the client used.
+    pub fn observed(
+        &self,
+        events: Arc<dyn SnapshotEvents>,
+        ns: &str,
+        snapshotter: &str,
+    ) -> Observed {
+        Observed::new(
+            self.snapshotter.clone(),
+            self.rebase.clone(),
+            events,
+            ns,
+            snapshotter,
+        )
     }
 
     /// The capabilities it implements, in a stable order.

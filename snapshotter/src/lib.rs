@@ -20,6 +20,8 @@
 //!   empty: the default backend).
 //! - [`remote`]: containerd's remote-snapshot handshake over the [`Remote`] capability,
 //!   used by the gRPC service and in-process callers alike.
+//! - [`observe`]: events as a wrapper: [`Observed`] reports every commit, whichever path
+//!   made it (the service, the in-process unpacker), to a [`SnapshotEvents`] sink.
 //! - [`service`]: `containerd.services.snapshots.v1` over [`Backends`].
 //! - [`client`]: [`GrpcSnapshotter`], the same contract over any snapshots.v1 socket.
 //! - [`mount`]: mounting what a snapshotter returns, long overlay chains included.
@@ -49,6 +51,7 @@ pub mod meta;
 pub mod mount;
 #[cfg(feature = "backends")]
 pub mod native;
+pub mod observe;
 #[cfg(feature = "backends")]
 pub mod overlay;
 pub mod remote;
@@ -72,6 +75,8 @@ pub use fsutil::disk_usage;
 pub use meta::{MetaStore, Snapshot};
 #[cfg(feature = "backends")]
 pub use native::{NativeDriver, NativeSnapshotter};
+pub use observe::{Observed, SnapshotEvent, SnapshotEvents};
 #[cfg(feature = "backends")]
 pub use overlay::{OverlayDriver, OverlayOptions, OverlaySnapshotter};
+pub use remote::{BlobSource, RemoteBlob};
 pub use strata_proto::{Error, ErrorKind, Result, ResultExt};

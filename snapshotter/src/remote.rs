@@ -1,5 +1,6 @@
-//! containerd's remote-snapshot handshake, for the gRPC service and in-process callers
-//! alike.
+//! What remote (lazily fetched) snapshots rest on: containerd's remote-snapshot handshake,
+//! for the gRPC service and in-process callers alike, and [`BlobSource`], the random
+//! access to registry blobs a lazy backend reads through.
 //!
 //! When a Prepare carries `containerd.io/snapshot.ref=<chainID>` and a committed snapshot
 //! with that target and the same parent already exists, the Prepare answers
@@ -7,8 +8,41 @@
 //! parent) instead of unpacking the layer again. Layers are so shared between containerd
 //! namespaces, and a lazily fetched backend plugs in by committing the target itself.
 
+use std::ops::Range;
+
+use strata_proto::Digest;
+
 use crate::api::{Info, Remote, Snapshotter};
 use crate::{Error, Result};
+
+/// A layer blob in a registry, as a lazy backend knows it from the layer's descriptor.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RemoteBlob {
+    /// The image reference the layer belongs to (`host/repo[:tag][@digest]`): it names
+    /// the registry and repository, and so the credentials and mirrors that apply.
+    pub reference: String,
+    /// The blob's digest.
+    pub digest: Digest,
+    /// The blob's size in bytes, from its descriptor.
+    pub size: u64,
+}
+
+/// Random access to remote layer blobs: what a lazy backend reads through. The daemon
+/// wires in the puller's implementation over the registry client, with the registry's
+/// credentials, mirrors and TLS settings; the backend never sees HTTP.
+///
+/// # Contract
+/// - `read_range` returns exactly the bytes of `range` (`OutOfRange` if it does not lie
+///   within `0..size`), from a server that honours ranges or not.
+/// - The bytes are not verified: the caller checks them against its own digests (a TOC's
+///   chunk digests) and never serves what fails.
+/// - `NotFound` when the registry has no such blob, `Unauthenticated` or
+///   `PermissionDenied` when it refuses the credentials, `Unavailable` for failures a
+///   retry may cure.
+pub trait BlobSource: Send + Sync {
+    /// The bytes `range` of `blob`.
+    fn read_range(&self, blob: &RemoteBlob, range: Range<u64>) -> Result<Vec<u8>>;
+}
 
 /// The label containerd's unpacker puts on a layer's Prepare and Commit: the chainID the
 /// layer is committed as.

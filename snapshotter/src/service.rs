@@ -16,8 +16,9 @@ use strata_proto::time::{from_timestamp, to_timestamp};
 use tonic::{Request, Response, Status};
 
 use crate::Result;
-use crate::api::{Info, Kind, Labels, Mount, Snapshotter};
+use crate::api::{Info, Kind, Labels, Mount, Rebase, Snapshotter};
 pub use crate::backends::Backends;
+use crate::observe::SnapshotEvents;
 use crate::remote::check_target;
 
 /// The backends, possibly still opening.
@@ -80,32 +81,23 @@ fn namespaced<T>(req: &Request<T>) -> bool {
 #[derive(Clone)]
 pub struct SnapshotsService {
     backends: BackendsCell,
-    on_commit: Option<CommitHook>,
+    events: Option<Arc<dyn SnapshotEvents>>,
 }
-
-/// Called after each commit through the service with the namespace header's value (empty
-/// without one), the snapshotter's name, the active key and the committed name.
-pub type CommitHook = Arc<dyn Fn(&str, &str, &str, &str) + Send + Sync>;
 
 impl SnapshotsService {
     /// Serves `backends`.
     pub fn new(backends: BackendsCell) -> Self {
         SnapshotsService {
             backends,
-            on_commit: None,
+            events: None,
         }
     }
 
-    /// Calls `hook` after every successful commit.
-    pub fn with_commit_hook(mut self, hook: CommitHook) -> Self {
-        self.on_commit = Some(hook);
+    /// Reports every commit to `events` (through an [`Observed`] wrapper around the
+    /// backend, with the request's namespace header; empty without one).
+    pub fn with_events(mut self, events: Arc<dyn SnapshotEvents>) -> Self {
+        self.events = Some(events);
         self
-    }
-
-    fn committed(&self, req_ns: &str, snapshotter: &str, key: &str, name: &str) {
-        if let Some(hook) = &self.on_commit {
-            hook(req_ns, snapshotter, key, name);
-        }
     }
 
     /// The tonic server for this service.
@@ -182,20 +174,29 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
             .to_owned();
         let r = req.into_inner();
         tracing::debug!(key = %r.key, name = %r.name, parent = %r.parent, labels = ?r.labels, "commit");
-        let (snapshotter, key, name) = (r.snapshotter.clone(), r.key.clone(), r.name.clone());
-        if !r.parent.is_empty() {
-            let b = self.backends.get("snapshotters").await?;
-            let sn = b
-                .route(&r.snapshotter)
-                .and_then(|b| b.rebase().cloned())
-                .ok_or_else(|| Status::unimplemented("this snapshotter cannot rebase on commit"))?;
-            blocking(move || sn.commit_onto(&r.name, &r.key, &r.parent, labels_in(r.labels)))
-                .await?;
-        } else {
-            let sn = backend(&self.backends, &r.snapshotter).await?;
-            blocking(move || sn.commit(&r.name, &r.key, labels_in(r.labels))).await?;
+        let b = self.backends.get("snapshotters").await?;
+        let be = b
+            .route(&r.snapshotter)
+            .cloned()
+            .ok_or_else(|| Status::failed_precondition("no snapshotter is configured"))?;
+        if !r.parent.is_empty() && be.rebase().is_none() {
+            return Err(Status::unimplemented(
+                "this snapshotter cannot rebase on commit",
+            ));
         }
-        self.committed(&ns, &snapshotter, &key, &name);
+        let events = self.events.clone();
+        blocking(move || {
+            let sn = match events {
+                Some(ev) => be.observed(ev, &ns, &r.snapshotter),
+                None => be.observed(Arc::new(crate::observe::Discard), &ns, &r.snapshotter),
+            };
+            if r.parent.is_empty() {
+                sn.commit(&r.name, &r.key, labels_in(r.labels))
+            } else {
+                sn.commit_onto(&r.name, &r.key, &r.parent, labels_in(r.labels))
+            }
+        })
+        .await?;
         Ok(Response::new(()))
     }
 

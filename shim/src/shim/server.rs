@@ -16,6 +16,9 @@
 //! those stay zombies until the shim exits (reaping them would need one `waitpid(-1)`
 //! loop that also owns runc's own children, which the runc driver waits for itself).
 //!
+//! Files: this one boots the shim and dispatches requests; `output` copies output into
+//! frame logs, `console` receives terminals, `reaper` waits for exits and saves them.
+//!
 //! The process table is small: the init and the execs by id. The only lock held across a
 //! blocking call is the init's phase lock (around `runc start`/`delete`) and a process's
 //! state lock around `kill(2)`, so that a signal never reaches a pid reused after the
@@ -50,6 +53,14 @@ use crate::runc::{
 };
 use crate::{Error, ErrorKind, Result};
 use strata_proto::ident::ContainerId;
+
+mod console;
+mod output;
+mod reaper;
+
+use console::{Console, set_window_size};
+use output::{Drain, open_log, pipe, start_copiers};
+use reaper::start_reaper;
 
 /// How long a reaper waits for a process's output to drain after it exited. A process
 /// that left children holding its stdout (possible without a PID namespace) must not
@@ -270,192 +281,6 @@ fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
         .map_err(internal(format!("starting thread {name}")))
 }
 
-/// Opens (creating, mode 0600) an output log for appending.
-fn open_log(path: &Path) -> Result<Arc<Mutex<File>>> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .map(|f| Arc::new(Mutex::new(f)))
-        .map_err(internal(format!("opening log {}", path.display())))
-}
-
-/// A pipe whose ends are close-on-exec (a `dup2` onto a child's stdio clears it there), so
-/// no other child of the shim holds a write end and keeps a copier from seeing EOF.
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC)
-        .map_err(|e| Error::new(ErrorKind::Internal, "creating a pipe").with_source(e))
-}
-
-/// The copiers of one process: a channel each one signals when it ends.
-struct Drain {
-    done: mpsc::Receiver<()>,
-    count: usize,
-}
-
-impl Drain {
-    /// Waits until every copier ended, at most `timeout`.
-    fn wait(self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        for _ in 0..self.count {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if self.done.recv_timeout(left).is_err() {
-                eprintln!("strata-shim: output still open {timeout:?} after the exit; not waiting");
-                return;
-            }
-        }
-    }
-}
-
-/// Starts the copier threads of a process's output into `log`.
-fn start_copiers(name: &str, sources: Vec<(File, u8)>, log: &Arc<Mutex<File>>) -> Result<Drain> {
-    let (tx, done) = mpsc::channel();
-    let count = sources.len();
-    for (src, stream) in sources {
-        let (log, tx) = (Arc::clone(log), tx.clone());
-        spawn_thread(&format!("copy-{name}-{stream}"), move || {
-            copy_frames(src, stream, &log);
-            let _ = tx.send(());
-        })?;
-    }
-    Ok(Drain { done, count })
-}
-
-/// Copies `src` into `log` as frames of `stream` until EOF (EIO on a terminal master: the
-/// slave side closed).
-fn copy_frames(mut src: File, stream: u8, log: &Mutex<File>) {
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        let n = match src.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => return,
-            Err(e) => {
-                eprintln!("strata-shim: reading output: {e}");
-                return;
-            }
-        };
-        let mut f = lock(log);
-        if let Err(e) = write_frame(&mut *f, stream, &buf[..n]) {
-            // Keep draining the pipe so the process never blocks on a full one.
-            eprintln!("strata-shim: writing the output log: {e}");
-        }
-    }
-}
-
-/// Listens on a console socket and receives the terminal master runc sends to it.
-struct Console {
-    listener: UnixListener,
-    path: PathBuf,
-    _short: SocketPath,
-    /// The path to give runc.
-    for_runc: PathBuf,
-}
-
-impl Console {
-    fn listen(path: PathBuf) -> Result<Console> {
-        let _ = fs::remove_file(&path);
-        let short = SocketPath::new(&path)
-            .map_err(internal(format!("console socket {}", path.display())))?;
-        let listener = UnixListener::bind(short.for_self()).map_err(internal(format!(
-            "binding console socket {}",
-            path.display()
-        )))?;
-        let for_runc = short.for_children();
-        Ok(Console {
-            listener,
-            path,
-            _short: short,
-            for_runc,
-        })
-    }
-
-    /// The master runc sent (runc connected before it returned).
-    fn receive(&self) -> Result<File> {
-        let what = format!("console socket {}", self.path.display());
-        let mut pfd = libc::pollfd {
-            fd: self.listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: pfd is one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, CONSOLE_TIMEOUT.as_millis() as libc::c_int) };
-        if n < 0 {
-            return Err(internal(format!("polling {what}"))(
-                io::Error::last_os_error(),
-            ));
-        }
-        if n == 0 {
-            return Err(Error::new(
-                ErrorKind::Internal,
-                format!("runc sent no terminal to {what}"),
-            ));
-        }
-        let (stream, _) = self
-            .listener
-            .accept()
-            .map_err(internal(format!("accepting on {what}")))?;
-        let fd =
-            receive_fd(&stream).map_err(internal(format!("receiving a terminal on {what}")))?;
-        Ok(File::from(fd))
-    }
-}
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
-/// Receives the one fd sent over `stream` with SCM_RIGHTS.
-fn receive_fd(stream: &UnixStream) -> io::Result<OwnedFd> {
-    let mut data = [0u8; 4096];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    // u64s keep the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 64];
-    // SAFETY: an all-zero msghdr is a valid empty one.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
-    // SAFETY: msg points at live buffers of the lengths it gives.
-    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut received = Vec::new();
-    // SAFETY: msg was filled in by recvmsg; the CMSG macros walk its control buffer, and
-    // each SCM_RIGHTS entry holds fds now owned by this process.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c).cast::<RawFd>();
-                let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                for i in 0..len / std::mem::size_of::<RawFd>() {
-                    let fd = std::ptr::read_unaligned(data.add(i));
-                    received.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    // Extra fds (none expected) are closed as `received` drops.
-    if received.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "no fd in the message",
-        ));
-    }
-    Ok(received.swap_remove(0))
-}
-
 /// Whether the peer of `stream` closed its end (it sends nothing after its request).
 fn hung_up(stream: &UnixStream) -> bool {
     let mut pfd = libc::pollfd {
@@ -466,90 +291,6 @@ fn hung_up(stream: &UnixStream) -> bool {
     // SAFETY: pfd is one valid pollfd; a zero timeout does not block.
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
-}
-
-/// Sets a terminal's window size.
-fn set_window_size(master: &File, width: u16, height: u16) -> Result<()> {
-    let ws = libc::winsize {
-        ws_row: height,
-        ws_col: width,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which is live.
-    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-    if r < 0 {
-        return Err(internal("setting the terminal size")(
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
-}
-
-fn now_unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-/// containerd's exit status: the code, or 128 + the signal.
-fn exit_status(s: ExitStatus) -> u32 {
-    match s {
-        ExitStatus::Code(c) => c as u32,
-        ExitStatus::Signal(s) => 128 + s as u32,
-    }
-}
-
-/// Starts the reaper of `p`: see the module docs.
-fn start_reaper(name: &str, p: &Arc<Process>, drain: Drain) -> Result<()> {
-    let p = Arc::clone(p);
-    spawn_thread(&format!("reap-{name}"), move || {
-        // Wait for the zombie without reaping it, so that while `exiting` is being set a
-        // kill can only reach the zombie, never a reused pid.
-        loop {
-            match waitid(Id::Pid(p.pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-                Err(Errno::EINTR) => continue,
-                Err(e) => eprintln!("strata-shim: waitid {}: {e}", p.pid),
-                Ok(_) => {}
-            }
-            break;
-        }
-        lock(&p.state).exiting = true;
-        let status = match wait_exit(p.pid) {
-            Ok(s) => exit_status(s),
-            Err(e) => {
-                // Not our child (cannot happen for a pid runc gave a subreaper): report
-                // 255, containerd's status for an unknown exit.
-                eprintln!("strata-shim: {}", super::protocol::chain(&e));
-                255
-            }
-        };
-        let exit = Exit {
-            exit_status: status,
-            exited_at_unix_nanos: now_unix_nanos(),
-        };
-        drain.wait(DRAIN_TIMEOUT);
-        let json = serde_json::to_vec(&exit).expect("an exit serializes");
-        // The status is on disk before any waiter hears of it. A failing disk is retried
-        // a few times; after that the waiters are told anyway (the daemon holds it then).
-        let mut delay = Duration::from_millis(100);
-        for attempt in 1..=5 {
-            match super::write_atomic(&p.exit_file, &json) {
-                Ok(()) => break,
-                Err(e) => {
-                    eprintln!(
-                        "strata-shim: saving {} (attempt {attempt}): {e}",
-                        p.exit_file.display()
-                    );
-                    std::thread::sleep(delay);
-                    delay *= 2;
-                }
-            }
-        }
-        lock(&p.state).exit = Some(exit);
-        p.exited.notify_all();
-    })
 }
 
 /// Binds the socket, creates the container, starts its copiers and reaper.

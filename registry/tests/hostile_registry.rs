@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use strata_proto::Digest;
-use strata_puller::registry::{
+use strata_registry::{
     ClientOptions, Credentials, Descriptor, DockerConfig, ErrorKind, HostOptions, OCI_INDEX,
     OCI_MANIFEST, Platform, Reference, RegistryClient, RetryPolicy,
 };
@@ -168,7 +168,7 @@ async fn digest_mismatches_are_rejected() {
     let inner = io
         .get_ref()
         .unwrap()
-        .downcast_ref::<strata_puller::registry::Error>()
+        .downcast_ref::<strata_registry::Error>()
         .unwrap();
     assert!(inner.is(ErrorKind::DataLoss), "{inner:?}");
 }

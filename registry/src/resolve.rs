@@ -7,14 +7,14 @@ use http::Method;
 use http::header::CONTENT_TYPE;
 use strata_proto::Digest;
 
-use super::blob::Hasher;
-use super::client::{HostErrors, RegistryClient, Req, read_capped};
-use super::hosts::{Capabilities, RegistryHost};
-use super::media::{
+use crate::blob::Hasher;
+use crate::client::{HostErrors, RegistryClient, Req, read_capped};
+use crate::hosts::{Capabilities, RegistryHost};
+use crate::media::{
     DOCKER_CONFIG, Descriptor, ImageConfig, Index, MANIFEST_ACCEPT, MAX_DOCUMENT_SIZE, Manifest,
     ManifestKind, OCI_CONFIG, classify,
 };
-use super::reference::Reference;
+use crate::reference::Reference;
 use strata_proto::Platform;
 use strata_proto::{Error, ErrorKind, Result};
 

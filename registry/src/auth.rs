@@ -17,7 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
-use super::hosts::Scheme;
+use crate::hosts::Scheme;
 use strata_proto::{Error, ErrorKind, Result};
 
 const CONFIG_MAX: u64 = 4 << 20;

@@ -33,12 +33,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::auth::{
+use crate::auth::{
     Challenge, Credentials, DockerConfig, TokenResponse, form_escape, parse_challenges,
     realm_allowed,
 };
-use super::hosts::{Capabilities, HostOptions, RegistryHost, hosts_for};
-use super::redact::redact_url;
+use crate::hosts::{Capabilities, HostOptions, RegistryHost, hosts_for};
+use crate::redact::redact_url;
 use strata_proto::{Error, ErrorKind, Result};
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
@@ -854,8 +854,7 @@ mod tests {
             docker_config: cfg,
             ..ClientOptions::default()
         });
-        let mut upstream =
-            super::super::hosts::default_host("registry.example", &HostOptions::default());
+        let mut upstream = crate::hosts::default_host("registry.example", &HostOptions::default());
         assert_eq!(c.credentials_for(&upstream).unwrap().username(), "u");
         upstream.is_upstream = false;
         assert!(

@@ -19,10 +19,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use strata_proto::Digest;
 
-use super::client::{HostErrors, RegistryClient, Req};
-use super::hosts::Capabilities;
-use super::media::Descriptor;
-use super::reference::Reference;
+use crate::client::{HostErrors, RegistryClient, Req};
+use crate::hosts::Capabilities;
+use crate::media::Descriptor;
+use crate::reference::Reference;
 use strata_proto::{Error, ErrorKind, Result};
 
 /// Streaming sha256/sha512, matching a [`Digest`]'s algorithm.

@@ -407,7 +407,7 @@ mod tests {
         ];
         for (input, want) in cases {
             let err = Reference::parse(&input).expect_err(&input);
-            assert!(err.is(super::super::ErrorKind::InvalidArgument));
+            assert!(err.is(crate::ErrorKind::InvalidArgument));
             let msg = err.to_string();
             assert!(msg.contains(want), "{input:?}: {msg}");
             assert!(!msg.contains('\n'), "{msg}");

@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::redact::redact_url;
-use super::reference::{DOCKER_HUB, validate_domain};
+use crate::redact::redact_url;
+use crate::reference::{DOCKER_HUB, validate_domain};
 use strata_proto::{Error, ErrorKind, Result};
 
 const HOSTS_FILE_MAX: u64 = 1 << 20;

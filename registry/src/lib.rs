@@ -1,4 +1,5 @@
-//! The registry client.
+//! strata's OCI/Docker registry client, over hyper + rustls, depending on nothing of
+//! strata but `strata-proto`.
 //!
 //! Layers, from the bottom:
 //! - [`reference`](mod@reference): `[registry/]repo[:tag][@digest]`, validated and normalised.
@@ -24,16 +25,18 @@
 //! offer ranged blob reads (`pull_blob_stream_partial`, answering with the full blob or
 //! the part asked for), but it has no containerd `hosts.toml`/mirror fallback, no cap on
 //! manifest bodies before parsing, and its redirect and token handling happen inside
-//! reqwest, where strata cannot drop credentials on a redirect to another host. This client is written on hyper 1 + hyper-util's pooled client
-//! (already in the tree through tonic) with hyper-rustls on the `ring` provider; redirects
-//! are followed by hand so `Authorization` is dropped when a redirect leaves the host.
+//! reqwest, where strata cannot drop credentials on a redirect to another host. This
+//! client is written on hyper 1 + hyper-util's pooled client (already in the tree through
+//! tonic) with hyper-rustls on the `ring` provider; redirects are followed by hand so
+//! `Authorization` is dropped when a redirect leaves the host.
+
+#![warn(missing_docs)]
 
 pub mod auth;
 mod blob;
 mod client;
 pub mod hosts;
 mod media;
-
 mod redact;
 pub mod reference;
 mod resolve;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use strata_proto::Digest;
-use strata_puller::registry::{
+use strata_registry::{
     ClientOptions, Credentials, Descriptor, DockerConfig, ErrorKind, ManifestKind, OCI_INDEX,
     OCI_MANIFEST, Platform, Reference, RegistryClient, RetryPolicy,
 };
@@ -34,7 +34,7 @@ macro_rules! need_registry {
     };
 }
 
-async fn collect(s: strata_puller::registry::BlobStream) -> Vec<u8> {
+async fn collect(s: strata_registry::BlobStream) -> Vec<u8> {
     let chunks: Vec<bytes::Bytes> = s.try_collect().await.unwrap();
     chunks.concat()
 }
