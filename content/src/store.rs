@@ -432,35 +432,29 @@ impl Provider for LocalStore {
                 format!("read of {digest} at {offset} past its end {}", rec.size),
             ));
         }
-        let path = self.blob_path(digest);
-        let f = File::open(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::new(
-                    ErrorKind::DataLoss,
-                    format!("blob file of {digest} is missing"),
-                )
-            } else {
-                Error::io("open blob", &path, e)
-            }
-        })?;
-        f.read_at(buf, offset).map_err(io("read blob", &path))
+        let f = open_blob(&self.blob_path(digest), digest)?;
+        f.read_at(buf, offset)
+            .map_err(io("read blob", &self.blob_path(digest)))
     }
 
     fn reader(&self, scope: &Scope, digest: &Digest) -> Result<Box<dyn crate::api::ReadAt>> {
         self.visible(scope, digest, true)?;
-        let path = self.blob_path(digest);
-        let f = File::open(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::new(
-                    ErrorKind::DataLoss,
-                    format!("blob file of {digest} is missing"),
-                )
-            } else {
-                Error::io("open blob", &path, e)
-            }
-        })?;
-        Ok(Box::new(f))
+        Ok(Box::new(open_blob(&self.blob_path(digest), digest)?))
     }
+}
+
+/// Opens the file of a blob that has a record: a missing file is `DataLoss`.
+fn open_blob(path: &Path, digest: &Digest) -> Result<File> {
+    File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::new(
+                ErrorKind::DataLoss,
+                format!("blob file of {digest} is missing"),
+            )
+        } else {
+            Error::io("open blob", path, e)
+        }
+    })
 }
 
 pub(crate) fn to_info(digest: Digest, rec: &ContentRecord) -> Info {

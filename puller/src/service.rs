@@ -76,7 +76,7 @@ impl ImagesService {
     }
 
     /// Reports the commits of every unpack to `events`, with the pull's namespace (the
-    /// unpacker commits through an [`Observed`] wrapper, as the snapshots service does).
+    /// unpacker commits through an [`Observed`](strata_snapshotter::Observed) wrapper, as the snapshots service does).
     pub fn with_snapshot_events(mut self, events: Arc<dyn SnapshotEvents>) -> Self {
         self.events = events;
         self

@@ -3,7 +3,6 @@
 //! thread outside the runtime as a FUSE server's would be.
 
 #[path = "../../registry/tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::sync::Arc;

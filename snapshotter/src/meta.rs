@@ -214,6 +214,18 @@ impl MetaStore {
             return Ok(());
         }
         let mut batch = WriteBatch::default();
+        self.each_record(&mut |name, r| {
+            if let Some(t) = target_of(r) {
+                batch.put(key_t(t, &name), b"");
+            }
+            Ok(())
+        })?;
+        batch.put(TARGETS_MARKER, b"1");
+        self.commit_batch(batch)
+    }
+
+    /// Calls `f` with every snapshot record and its key, in key order.
+    fn each_record(&self, f: &mut dyn FnMut(String, &SnapshotRecord) -> Result<()>) -> Result<()> {
         for item in self
             .db
             .iterator(IteratorMode::From(b"k/", Direction::Forward))
@@ -223,12 +235,9 @@ impl MetaStore {
                 break;
             }
             let r = SnapshotRecord::decode(&*v).map_err(|e| Error::corrupt("snapshot", e))?;
-            if let Some(t) = target_of(&r) {
-                batch.put(key_t(t, &String::from_utf8_lossy(&k[2..])), b"");
-            }
+            f(String::from_utf8_lossy(&k[2..]).into_owned(), &r)?;
         }
-        batch.put(TARGETS_MARKER, b"1");
-        self.commit_batch(batch)
+        Ok(())
     }
 
     /// Committed snapshots labelled `containerd.io/snapshot.ref=<target>`, from the index.
@@ -574,21 +583,13 @@ impl MetaStore {
         let filter = Filter::parse_all(filters)
             .map_err(|e| Error::new(ErrorKind::InvalidArgument, "parse filters").with_source(e))?;
         let mut infos = Vec::new();
-        for item in self
-            .db
-            .iterator(IteratorMode::From(b"k/", Direction::Forward))
-        {
-            let (k, v) = item.map_err(|e| Error::db("iterate", e))?;
-            if !k.starts_with(b"k/") {
-                break;
-            }
-            let name = String::from_utf8_lossy(&k[2..]).into_owned();
-            let r = SnapshotRecord::decode(&*v).map_err(|e| Error::corrupt("snapshot", e))?;
-            let info = to_info(name, &r)?;
+        self.each_record(&mut |name, r| {
+            let info = to_info(name, r)?;
             if filter.matches(&InfoAdaptor(&info)) {
                 infos.push(info);
             }
-        }
+            Ok(())
+        })?;
         for i in infos {
             f(i)?;
         }

@@ -93,7 +93,7 @@ impl SnapshotsService {
         }
     }
 
-    /// Reports every commit to `events` (through an [`Observed`] wrapper around the
+    /// Reports every commit to `events` (through an [`Observed`](crate::Observed) wrapper around the
     /// backend, with the request's namespace header; empty without one).
     pub fn with_events(mut self, events: Arc<dyn SnapshotEvents>) -> Self {
         self.events = Some(events);
