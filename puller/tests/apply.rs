@@ -1,14 +1,12 @@
 //! Well-formed layers: extracted as GNU tar extracts them, whiteouts converted or
 //! applied, the diff_id right, and the same tree whatever the compression.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Node, Snapshot, Tar};
 use strata_puller::{Limits, WhiteoutMode, apply_layer, open_layer};
+use strata_testkit::{Node, Snapshot, Tar, require_root};
 
 /// `security.capability` v2 granting CAP_DAC_OVERRIDE | CAP_FOWNER | CAP_NET_BIND_SERVICE
 /// (effective): its permitted word holds 0x0a, a newline.
@@ -156,7 +154,7 @@ fn extracts_like_gnu_tar() {
     assert!(d.is_empty(), "trees differ:\n{}", d.join("\n"));
 
     // Spot checks, so the comparison cannot pass on two equally wrong trees.
-    let node = |p: &str| common::node(&ours.join(p));
+    let node = |p: &str| strata_testkit::node(&ours.join(p));
     assert_eq!(node("bin/su").mode, 0o4755);
     assert_eq!((node("bin/wall").mode, node("bin/wall").gid), (0o2755, 42));
     assert_eq!(node("tmp").mode, 0o1777);
@@ -215,7 +213,7 @@ fn diff_id_is_the_sha256_of_the_tar() {
 
     let root = tmp.path().join("root");
     std::fs::create_dir(&root).unwrap();
-    let gz = common::gzip(&layer);
+    let gz = strata_testkit::gzip(&layer);
     let stats = apply_layer(
         open_layer(
             Some("application/vnd.oci.image.layer.v1.tar+gzip"),
@@ -239,8 +237,8 @@ fn compressions_give_the_same_tree() {
     let tmp = tempdir();
     let mut trees = Vec::new();
     let mut ids = Vec::new();
-    let gz = common::gzip(&layer);
-    let zst = common::zstd(&layer);
+    let gz = strata_testkit::gzip(&layer);
+    let zst = strata_testkit::zstd(&layer);
     let cases: [(&str, Option<&str>, &[u8]); 5] = [
         (
             "plain",
@@ -276,7 +274,7 @@ fn compressions_give_the_same_tree() {
 }
 
 fn is_whiteout(p: &Path) -> bool {
-    let n = common::node(p);
+    let n = strata_testkit::node(p);
     n.kind == "char" && n.rdev == 0
 }
 
@@ -320,15 +318,15 @@ fn overlay_whiteouts_and_opaque_dirs() {
     assert!(is_whiteout(&upper.join("gone")));
     assert!(is_whiteout(&upper.join("e/x")));
     assert_eq!(
-        common::xattr(&upper.join("d"), "trusted.overlay.opaque").unwrap(),
+        strata_testkit::xattr(&upper.join("d"), "trusted.overlay.opaque").unwrap(),
         b"y"
     );
     assert_eq!(
-        common::xattr(&upper.join("w"), "trusted.overlay.opaque").unwrap(),
+        strata_testkit::xattr(&upper.join("w"), "trusted.overlay.opaque").unwrap(),
         b"y"
     );
     assert_eq!(std::fs::read(upper.join("w/mine")).unwrap(), b"mine");
-    assert!(common::xattr(&upper.join("e"), "trusted.overlay.opaque").is_none());
+    assert!(strata_testkit::xattr(&upper.join("e"), "trusted.overlay.opaque").is_none());
 
     // What overlayfs makes of it.
     let opts = format!(
@@ -423,7 +421,7 @@ fn delete_whiteouts_and_opaque_dirs() {
         ]
     );
     assert_eq!(std::fs::read(root.join("f")).unwrap(), b"mine");
-    assert!(common::xattrs(&root.join("d")).is_empty());
+    assert!(strata_testkit::xattrs(&root.join("d")).is_empty());
 }
 
 #[test]
@@ -449,9 +447,9 @@ fn entries_replace_what_is_there() {
     apply_layer(&layer[..], &root, WhiteoutMode::Delete, &Limits::default()).unwrap();
     assert_eq!(std::fs::read(root.join("dir")).unwrap(), b"now a file");
     assert_eq!(std::fs::read(root.join("keepdir/f")).unwrap(), b"old");
-    assert_eq!(common::node(&root.join("keepdir")).mode, 0o711);
-    assert_eq!(common::node(&root.join("file")).kind, "dir");
-    assert_eq!(common::node(&root.join("link")).kind, "file");
+    assert_eq!(strata_testkit::node(&root.join("keepdir")).mode, 0o711);
+    assert_eq!(strata_testkit::node(&root.join("file")).kind, "dir");
+    assert_eq!(strata_testkit::node(&root.join("link")).kind, "file");
     assert_eq!(std::fs::read(root.join("target")).unwrap(), b"target");
     assert_eq!(std::fs::read(root.join("twice")).unwrap(), b"second");
 }
@@ -471,7 +469,16 @@ fn dir_times_survive_later_children() {
         .file("a/.wh..wh..opq", b"");
     let layer = t.finish();
     apply_layer(&layer[..], &root, WhiteoutMode::Delete, &Limits::default()).unwrap();
-    assert_eq!(common::node(&root.join("a")).mtime, (1_600_000_000, 0));
-    assert_eq!(common::node(&root.join("b")).mtime, (1_600_000_000, 0));
-    assert_eq!(common::node(&root.join("a/late")).mtime, (1_700_000_000, 0));
+    assert_eq!(
+        strata_testkit::node(&root.join("a")).mtime,
+        (1_600_000_000, 0)
+    );
+    assert_eq!(
+        strata_testkit::node(&root.join("b")).mtime,
+        (1_600_000_000, 0)
+    );
+    assert_eq!(
+        strata_testkit::node(&root.join("a/late")).mtime,
+        (1_700_000_000, 0)
+    );
 }

@@ -1,13 +1,11 @@
 //! Hostile layers: each must fail with a clear error (or have the documented safe
 //! outcome) and leave everything outside the root as it was.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 
-use common::{Sandbox, Tar};
 use strata_puller::{ApplyError, ErrorKind, Limit, Limits, WhiteoutMode, apply_layer, open_layer};
+use strata_testkit::{Sandbox, Tar, require_root};
 
 const MODES: [WhiteoutMode; 2] = [WhiteoutMode::Overlay, WhiteoutMode::Delete];
 
@@ -372,12 +370,12 @@ fn forged_overlay_xattrs_are_dropped() {
             .finish();
         let stats = apply(&sb, &tar, mode).unwrap();
         assert_eq!(stats.dropped_xattrs, 4);
-        let d = common::xattrs(&sb.root.join("d"));
+        let d = strata_testkit::xattrs(&sb.root.join("d"));
         assert_eq!(
             d.into_iter().collect::<Vec<_>>(),
             vec![(b"user.ok".to_vec(), b"kept".to_vec())]
         );
-        assert!(common::xattrs(&sb.root.join("f")).is_empty());
+        assert!(strata_testkit::xattrs(&sb.root.join("f")).is_empty());
         sb.assert_outside_untouched();
     }
 }
@@ -420,15 +418,15 @@ fn decompression_bomb_hits_the_total_limit() {
     // The partial file is no bigger than the limit, and memory stayed small.
     assert!(std::fs::metadata(sb.root.join("zeros")).unwrap().len() <= 64 << 20);
     assert!(
-        common::peak_rss_mib() < 256,
+        strata_testkit::peak_rss_mib() < 256,
         "peak RSS {} MiB",
-        common::peak_rss_mib()
+        strata_testkit::peak_rss_mib()
     );
 
     // Zeros after the end-of-archive marker count too (they are hashed).
     let mut tail = Tar::new().file("a", b"a").finish();
     tail.extend(std::iter::repeat_n(0u8, 2 << 20));
-    let gz = common::gzip(&tail);
+    let gz = strata_testkit::gzip(&tail);
     let limits = Limits {
         max_total_bytes: 1 << 20,
         ..Limits::default()
@@ -634,7 +632,7 @@ fn truncated_and_corrupt_tars_are_malformed() {
     );
     assert!(err.to_string().contains("checksum"), "{err}");
     // Truncated gzip.
-    let gz = common::gzip(&tar);
+    let gz = strata_testkit::gzip(&tar);
     let sb = Sandbox::new();
     let err = apply_layer(
         open_layer(None, &gz[..gz.len() / 2], &Limits::default()).unwrap(),

@@ -2,11 +2,8 @@
 //! parallel (Rebase), native and btrfs in chain order. The merged result, seen through a
 //! view, is the layers applied in order; diff_id mismatches commit nothing.
 
-mod common;
-
 use std::sync::Mutex;
 
-use common::{Tar, gzip, zstd};
 use strata_content::testsuite::{digest_of, write_blob};
 use strata_content::{Labels, LocalStore, Scope, StoreOptions};
 use strata_proto::Digest;
@@ -18,6 +15,7 @@ use strata_snapshotter::{
     BtrfsSnapshotter, Kind, NativeSnapshotter, OverlayOptions, OverlaySnapshotter, Rebase,
     Snapshotter,
 };
+use strata_testkit::{Tar, gzip, zstd};
 
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
-use sha2::Digest as _;
+pub use strata_testkit::{Tar, sha256};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -22,11 +22,6 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-
-/// `sha256:<hex>` of `data`.
-pub fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
 
 /// Standard base64 (for `config.json` auths).
 pub fn base64(data: &[u8]) -> String {
@@ -63,160 +58,6 @@ pub fn host_arch() -> String {
     }
 }
 
-// ---- Tar streams ------------------------------------------------------------------------
-
-/// Writes a tar stream header by header, so any name, link, type, owner, mode, device
-/// number or PAX record can be written (the `tar` crate's Builder refuses `..`).
-#[derive(Default)]
-pub struct Tar {
-    pub buf: Vec<u8>,
-    pub mtime: u64,
-    pub uid: u64,
-    pub gid: u64,
-}
-
-impl Tar {
-    pub fn new() -> Self {
-        Tar {
-            mtime: 1_600_000_000,
-            ..Default::default()
-        }
-    }
-
-    /// Owner of the entries that follow.
-    pub fn owner(&mut self, uid: u64, gid: u64) -> &mut Self {
-        self.uid = uid;
-        self.gid = gid;
-        self
-    }
-
-    /// Modification time of the entries that follow.
-    pub fn mtime(&mut self, mtime: u64) -> &mut Self {
-        self.mtime = mtime;
-        self
-    }
-
-    /// A ustar header with raw name and link bytes (longer ones go in a PAX record).
-    fn header(&self, typeflag: u8, name: &[u8], link: &[u8], size: u64, mode: u32) -> tar::Header {
-        let mut h = tar::Header::new_ustar();
-        let n = name.len().min(100);
-        h.as_old_mut().name[..n].copy_from_slice(&name[..n]);
-        let l = link.len().min(100);
-        h.as_old_mut().linkname[..l].copy_from_slice(&link[..l]);
-        h.set_mode(mode);
-        h.set_uid(self.uid);
-        h.set_gid(self.gid);
-        h.set_size(size);
-        h.set_mtime(self.mtime);
-        h.set_entry_type(tar::EntryType::new(typeflag));
-        h
-    }
-
-    /// Appends a header (checksum computed) and the padded body.
-    pub fn raw(&mut self, mut h: tar::Header, body: &[u8]) -> &mut Self {
-        h.set_cksum();
-        self.buf.extend_from_slice(h.as_bytes());
-        self.body(body)
-    }
-
-    fn body(&mut self, body: &[u8]) -> &mut Self {
-        self.buf.extend_from_slice(body);
-        let pad = (512 - body.len() % 512) % 512;
-        self.buf.extend(std::iter::repeat_n(0, pad));
-        self
-    }
-
-    /// Any entry; names and links over 100 bytes get a PAX header first.
-    pub fn entry(
-        &mut self,
-        typeflag: u8,
-        name: &[u8],
-        link: &[u8],
-        body: &[u8],
-        mode: u32,
-    ) -> &mut Self {
-        let mut pax: Vec<(&str, &[u8])> = Vec::new();
-        if name.len() > 100 {
-            pax.push(("path", name));
-        }
-        if link.len() > 100 {
-            pax.push(("linkpath", link));
-        }
-        if !pax.is_empty() {
-            self.pax(&pax);
-        }
-        let h = self.header(typeflag, name, link, body.len() as u64, mode);
-        self.raw(h, body)
-    }
-
-    pub fn file(&mut self, name: &str, body: &[u8]) -> &mut Self {
-        self.entry(b'0', name.as_bytes(), b"", body, 0o644)
-    }
-
-    pub fn file_mode(&mut self, name: &str, body: &[u8], mode: u32) -> &mut Self {
-        self.entry(b'0', name.as_bytes(), b"", body, mode)
-    }
-
-    pub fn dir(&mut self, name: &str) -> &mut Self {
-        self.entry(b'5', name.as_bytes(), b"", b"", 0o755)
-    }
-
-    pub fn dir_mode(&mut self, name: &str, mode: u32) -> &mut Self {
-        self.entry(b'5', name.as_bytes(), b"", b"", mode)
-    }
-
-    pub fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
-        self.entry(b'2', name.as_bytes(), target.as_bytes(), b"", 0o777)
-    }
-
-    pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
-        self.entry(b'1', name.as_bytes(), target.as_bytes(), b"", 0o644)
-    }
-
-    pub fn fifo(&mut self, name: &str, mode: u32) -> &mut Self {
-        self.entry(b'6', name.as_bytes(), b"", b"", mode)
-    }
-
-    /// A character (`b'3'`) or block (`b'4'`) device.
-    pub fn device(&mut self, typeflag: u8, name: &str, major: u32, minor: u32) -> &mut Self {
-        let mut h = self.header(typeflag, name.as_bytes(), b"", 0, 0o600);
-        h.set_device_major(major).unwrap();
-        h.set_device_minor(minor).unwrap();
-        self.raw(h, b"")
-    }
-
-    /// A PAX extended header for the next entry (e.g. `SCHILY.xattr.user.k`).
-    pub fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
-        let mut body = Vec::new();
-        for (k, v) in records {
-            body.extend(pax_record(k, v));
-        }
-        let h = self.header(b'x', b"PaxHeader", b"", body.len() as u64, 0o644);
-        self.raw(h, &body)
-    }
-
-    /// The end-of-archive marker, padded to a 10 KiB record as GNU tar does.
-    pub fn finish(&mut self) -> Vec<u8> {
-        self.buf.extend(std::iter::repeat_n(0, 1024));
-        while !self.buf.len().is_multiple_of(10240) {
-            self.buf.push(0);
-        }
-        std::mem::take(&mut self.buf)
-    }
-}
-
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    let body_len = key.len() + value.len() + 3;
-    let mut len = body_len + 1;
-    while len.to_string().len() + body_len != len {
-        len += 1;
-    }
-    let mut r = format!("{len} {key}=").into_bytes();
-    r.extend_from_slice(value);
-    r.push(b'\n');
-    r
-}
-
 // ---- Images -----------------------------------------------------------------------------
 
 /// How a layer blob is compressed.
@@ -231,13 +72,8 @@ impl Compression {
     pub fn compress(self, tar: &[u8]) -> Vec<u8> {
         match self {
             Compression::None => tar.to_vec(),
-            Compression::Gzip => {
-                let mut e =
-                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                e.write_all(tar).unwrap();
-                e.finish().unwrap()
-            }
-            Compression::Zstd => zstd::stream::encode_all(tar, 3).unwrap(),
+            Compression::Gzip => strata_testkit::gzip(tar),
+            Compression::Zstd => strata_testkit::zstd(tar),
         }
     }
 
