@@ -15,12 +15,14 @@ use anyhow::{Context as _, bail};
 use strata_content::service::{ContentService, LeasesService, StoreCell};
 use strata_content::{LocalStore, SharingPolicy, StoreOptions};
 use strata_proto::strata::v1 as spb;
+use strata_puller::RegistryBlobs;
 use strata_puller::service::{ImagesService, RegistrySettings};
+use strata_snapshotter::lazy::LazySnapshotter;
 use strata_snapshotter::observe::{SnapshotEvent, SnapshotEvents};
 use strata_snapshotter::overlay::kernel_supports_index;
 use strata_snapshotter::service::{Backends, BackendsCell, SnapshotsService};
 use strata_snapshotter::{
-    Backend, BtrfsSnapshotter, NativeSnapshotter, OverlayOptions, OverlaySnapshotter,
+    Backend, BtrfsSnapshotter, NativeSnapshotter, OverlayOptions, OverlaySnapshotter, Whiteouts,
 };
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -266,10 +268,11 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
     let (setter, cell) = StoreCell::pending();
     let (snap_setter, snap_cell) = BackendsCell::pending();
-    let (root, store_opts, snap_opts) = (
+    let (root, store_opts, snap_opts, registry) = (
         opts.root.clone(),
         opts.store.clone(),
         opts.snapshots.clone(),
+        opts.registry.clone(),
     );
     let fatal: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
     let failed = Arc::new(Notify::new());
@@ -281,7 +284,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         // and Lists its snapshotter at start-up, and the content store's recovery (pending
         // commits, ingest scan) may take longer.
         let opened = tokio::task::spawn_blocking(move || {
-            let backends = open_backends(&root, &snap_opts)?;
+            let backends = open_backends(&root, &snap_opts, &registry)?;
             snap_setter.set(backends);
             info!("snapshotters ready");
             LocalStore::open(&root, store_opts).context("open content store")
@@ -392,9 +395,14 @@ pub(crate) async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the snapshotter backends: overlayfs and native always, btrfs when configured or
-/// when its directory is on btrfs.
-fn open_backends(root: &Path, snaps: &SnapshotOptions) -> anyhow::Result<Backends> {
+/// Opens the snapshotter backends: overlayfs, native and lazy always, btrfs when
+/// configured or when its directory is on btrfs. Runs on a blocking thread of the
+/// runtime, which drives the lazy backend's registry reads.
+fn open_backends(
+    root: &Path,
+    snaps: &SnapshotOptions,
+    registry: &RegistrySettings,
+) -> anyhow::Result<Backends> {
     let dir = root.join("snapshots");
     let mut backends = Backends::new(snaps.default.clone());
     let overlay_root = dir.join("overlayfs");
@@ -409,6 +417,34 @@ fn open_backends(root: &Path, snaps: &SnapshotOptions) -> anyhow::Result<Backend
     backends.insert(
         "overlayfs",
         Backend::of_diffs(Arc::new(overlay)).with_root(&overlay_root),
+    );
+    // Lazy layers read their registry with the pulls' hosts.toml and docker config.
+    let client = registry
+        .client(false, None)
+        .context("lazy backend's registry client")?;
+    let blobs = Arc::new(RegistryBlobs::new(
+        client,
+        tokio::runtime::Handle::current(),
+    ));
+    let lazy_root = dir.join("lazy");
+    let lazy = Arc::new(
+        LazySnapshotter::open(
+            &lazy_root,
+            OverlayOptions {
+                index_off: kernel_supports_index(),
+                ..OverlayOptions::default()
+            },
+            blobs,
+        )
+        .context("open lazy snapshotter")?,
+    );
+    backends.insert(
+        "lazy",
+        Backend::new(lazy.clone(), Whiteouts::Overlay)
+            .with_cleanup(lazy.clone())
+            .with_remote(lazy.clone())
+            .with_rebase(lazy)
+            .with_root(&lazy_root),
     );
     let native_root = dir.join("native");
     let native = NativeSnapshotter::new(&native_root).context("open native snapshotter")?;

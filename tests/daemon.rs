@@ -520,6 +520,10 @@ fn snapshots_cli_drives_every_backend_like_ctr() {
         version.contains("snapshotter: native capabilities=cleanup,remote whiteouts=delete"),
         "{version}"
     );
+    assert!(
+        version.contains("snapshotter: lazy capabilities=rebase,cleanup,remote whiteouts=overlay"),
+        "{version}"
+    );
 
     let ok = |args: &[&str]| {
         let out = d.cli(args);

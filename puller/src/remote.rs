@@ -5,6 +5,7 @@
 use std::ops::Range;
 
 use futures::StreamExt;
+use strata_proto::Digest;
 use strata_snapshotter::remote::{BlobSource, RemoteBlob};
 use tokio::runtime::Handle;
 
@@ -72,5 +73,13 @@ impl BlobSource for RegistryBlobs {
             ));
         }
         Ok(out)
+    }
+
+    fn blob_size(&self, reference: &str, digest: &Digest) -> Result<u64> {
+        let what = || format!("size of {digest} in {reference}");
+        let reference = Reference::parse(reference).with_context(what)?;
+        self.rt
+            .block_on(self.client.blob_size(&reference, digest))
+            .with_context(what)
     }
 }

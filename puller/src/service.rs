@@ -20,11 +20,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::WhiteoutMode;
 use crate::pull::{Progress, PullRequest, UnpackTo, pull};
 use crate::registry::{
     ClientOptions, Credentials, DockerConfig, HostOptions, Platform, RegistryClient,
 };
+use crate::{Result, WhiteoutMode};
 
 /// Where containerd keeps per-registry `hosts.toml` files; strata reads the same.
 pub const DEFAULT_HOSTS_DIR: &str = "/etc/containerd/certs.d";
@@ -37,6 +37,27 @@ pub struct RegistrySettings {
     /// A Docker `config.json` with credentials; `None` = `$DOCKER_CONFIG` or
     /// `~/.docker/config.json` of the daemon.
     pub docker_config: Option<PathBuf>,
+}
+
+impl RegistrySettings {
+    /// A registry client with these settings: the hosts directory (if it exists) and the
+    /// docker config as they are now, `plain_http` for hosts without a `hosts.toml`, and
+    /// `user`'s credentials over the config's.
+    pub fn client(&self, plain_http: bool, user: Option<Credentials>) -> Result<RegistryClient> {
+        let docker_config = match &self.docker_config {
+            Some(path) => DockerConfig::load(path)?,
+            None => DockerConfig::load_default().unwrap_or_default(),
+        };
+        Ok(RegistryClient::new(ClientOptions {
+            hosts: HostOptions {
+                hosts_dir: self.hosts_dir.is_dir().then(|| self.hosts_dir.clone()),
+                plain_http,
+            },
+            user,
+            docker_config,
+            ..ClientOptions::default()
+        }))
+    }
 }
 
 impl Default for RegistrySettings {
@@ -176,22 +197,9 @@ impl pb::images_server::Images for ImagesService {
         let backends = self.backends.get("snapshotters").await?;
         let settings = &self.registry;
         // Read per pull, so `docker login` and hosts.toml edits apply without a restart.
-        let docker_config = match &settings.docker_config {
-            Some(path) => DockerConfig::load(path).map_err(|e| status_from_error(&e))?,
-            None => DockerConfig::load_default().unwrap_or_default(),
-        };
-        let client = RegistryClient::new(ClientOptions {
-            hosts: HostOptions {
-                hosts_dir: settings
-                    .hosts_dir
-                    .is_dir()
-                    .then(|| settings.hosts_dir.clone()),
-                plain_http: r.plain_http,
-            },
-            user,
-            docker_config,
-            ..ClientOptions::default()
-        });
+        let client = settings
+            .client(r.plain_http, user)
+            .map_err(|e| status_from_error(&e))?;
         let rt = tokio::runtime::Handle::current();
         let (tx, rx) = mpsc::channel(64);
         let on_pulled = self.on_pulled.clone();

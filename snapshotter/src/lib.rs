@@ -18,6 +18,10 @@
 //! - [`backends`]: the one registry of backends ([`Backends`]): each [`Backend`] with its
 //!   capabilities, whiteout format and root, routed by snapshotter name (unknown or
 //!   empty: the default backend).
+//! - [`estargz`]: the eStargz format the lazy backend serves: footer, TOC, verified
+//!   chunk reads, and the writer `strata convert` uses.
+//! - [`lazy`]: the lazy backend's runtime: a layer as a read-only FUSE filesystem served
+//!   from its TOC, chunks fetched, verified and cached as they are read.
 //! - [`remote`]: containerd's remote-snapshot handshake over the [`Remote`] capability,
 //!   used by the gRPC service and in-process callers alike.
 //! - [`observe`]: events as a wrapper: [`Observed`] reports every commit, whichever path
@@ -45,7 +49,11 @@ pub mod copy;
 #[cfg(feature = "backends")]
 pub mod driver;
 #[cfg(feature = "backends")]
+pub mod estargz;
+#[cfg(feature = "backends")]
 mod fsutil;
+#[cfg(feature = "backends")]
+pub mod lazy;
 #[cfg(feature = "backends")]
 pub mod meta;
 pub mod mount;

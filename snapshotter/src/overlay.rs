@@ -44,11 +44,7 @@ pub type OverlaySnapshotter = MetaSnapshotter<OverlayDriver>;
 impl OverlaySnapshotter {
     /// Opens (creating) an overlay snapshotter rooted at `root`.
     pub fn new(root: &Path, opts: OverlayOptions) -> Result<Self> {
-        let driver = OverlayDriver {
-            dirs: SnapshotDirs::open(root)?,
-            opts,
-        };
-        MetaSnapshotter::open(&root.join("metadata"), driver)
+        MetaSnapshotter::open(&root.join("metadata"), OverlayDriver::open(root, opts)?)
     }
 }
 
@@ -59,6 +55,14 @@ pub struct OverlayDriver {
 }
 
 impl OverlayDriver {
+    /// The driver of snapshots under `<root>/snapshots`.
+    pub fn open(root: &Path, opts: OverlayOptions) -> Result<Self> {
+        Ok(OverlayDriver {
+            dirs: SnapshotDirs::open(root)?,
+            opts,
+        })
+    }
+
     fn upper(&self, id: u64) -> PathBuf {
         self.dirs.of(id).join("fs")
     }

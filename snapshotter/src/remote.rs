@@ -42,6 +42,10 @@ pub struct RemoteBlob {
 pub trait BlobSource: Send + Sync {
     /// The bytes `range` of `blob`.
     fn read_range(&self, blob: &RemoteBlob, range: Range<u64>) -> Result<Vec<u8>>;
+
+    /// The size of blob `digest` of image `reference`, asked of the registry (the labels
+    /// containerd gives a remote snapshotter name a layer but not its size).
+    fn blob_size(&self, reference: &str, digest: &Digest) -> Result<u64>;
 }
 
 /// The label containerd's unpacker puts on a layer's Prepare and Commit: the chainID the

@@ -1,0 +1,19 @@
+//! The lazy backend's runtime: a committed layer served as a read-only FUSE filesystem
+//! from its eStargz TOC ([`crate::estargz`]), its content fetched chunk by chunk as it is
+//! read ([`LayerReader`]), verified and cached on local disk.
+//!
+//! - [`backend`]: [`LazySnapshotter`], the `lazy` backend: overlay snapshots whose
+//!   layers are mounted lazily in containerd's remote-snapshot handshake.
+//! - [`reader`]: [`LayerReader`]: chunk fetch (coalesced), verification, cache, prefetch.
+//! - [`fs`]: [`LazyFs`], the FUSE filesystem over a reader (on `fuser`; why is there).
+//! - [`mount`]: [`LazyMount`], a mounted layer, unmounted when dropped.
+
+pub mod backend;
+pub mod fs;
+pub mod mount;
+pub mod reader;
+
+pub use backend::{LazyDriver, LazyLayer, LazySnapshotter};
+pub use fs::LazyFs;
+pub use mount::LazyMount;
+pub use reader::LayerReader;

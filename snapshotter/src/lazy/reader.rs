@@ -1,0 +1,208 @@
+//! A lazy layer's file content: chunks fetched through a [`BlobSource`] as they are read,
+//! verified against the TOC, and kept in a content-addressed cache on local disk.
+//!
+//! Neighbouring missing chunks of one read are fetched in one range request. A chunk
+//! that fails verification is never served or cached: the read fails (EIO) and the next
+//! read of it fetches it again. Two readers of one missing chunk fetch it once.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::estargz::{Chunk, Node, NodeKind, Tree, decode_chunk};
+use crate::remote::{BlobSource, RemoteBlob};
+use crate::{Error, Result};
+
+/// Largest compressed range fetched in one request when coalescing chunks.
+const MAX_COALESCED: u64 = 16 << 20;
+
+/// The content of one lazy layer.
+pub struct LayerReader {
+    tree: Tree,
+    src: Arc<dyn BlobSource>,
+    blob: RemoteBlob,
+    chunks: PathBuf,
+    fetched: AtomicU64,
+    /// Chunks being fetched, so a second reader waits for the first.
+    inflight: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for LayerReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerReader")
+            .field("blob", &self.blob)
+            .field("chunks", &self.chunks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LayerReader {
+    /// A reader of `blob`, whose checked TOC is `tree`, caching chunks under `cache`.
+    pub fn new(
+        tree: Tree,
+        src: Arc<dyn BlobSource>,
+        blob: RemoteBlob,
+        cache: &Path,
+    ) -> Result<Self> {
+        let chunks = cache.join("chunks");
+        std::fs::create_dir_all(&chunks).map_err(|e| Error::io("create", &chunks, e))?;
+        Ok(LayerReader {
+            tree,
+            src,
+            blob,
+            chunks,
+            fetched: AtomicU64::new(0),
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The layer's tree.
+    pub fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    /// The blob served.
+    pub fn blob(&self) -> &RemoteBlob {
+        &self.blob
+    }
+
+    /// Compressed bytes fetched from the source so far.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
+    }
+
+    fn cached(&self, c: &Chunk) -> PathBuf {
+        self.chunks.join(c.digest.hex())
+    }
+
+    /// Whether every chunk of `node` is in the cache.
+    pub fn is_local(&self, node: &Node) -> bool {
+        node.chunks.iter().all(|c| self.cached(c).exists())
+    }
+
+    /// Up to `size` bytes of file `ino` from `offset`.
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let node = self
+            .tree
+            .node(ino)
+            .ok_or_else(|| Error::not_found(format!("inode {ino}")))?;
+        if node.kind != NodeKind::File {
+            return Err(Error::invalid("not a regular file"));
+        }
+        if offset >= node.size {
+            return Ok(Vec::new());
+        }
+        let end = node.size.min(offset + u64::from(size));
+        // The chunks overlapping offset..end, in order.
+        let first = node
+            .chunks
+            .partition_point(|c| c.file_offset + c.size <= offset);
+        let last = node.chunks.partition_point(|c| c.file_offset < end);
+        let wanted = &node.chunks[first..last];
+        self.ensure(wanted.iter())?;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for c in wanted {
+            let from = offset.max(c.file_offset) - c.file_offset;
+            let to = end.min(c.file_offset + c.size) - c.file_offset;
+            let path = self.cached(c);
+            let f = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+            let at = out.len();
+            out.resize(at + (to - from) as usize, 0);
+            f.read_exact_at(&mut out[at..], from)
+                .map_err(|e| Error::io("read", &path, e))?;
+        }
+        Ok(out)
+    }
+
+    /// Brings `chunks` (in blob order) into the cache.
+    fn ensure<'a>(&self, chunks: impl Iterator<Item = &'a Chunk>) -> Result<()> {
+        let missing: Vec<&Chunk> = chunks.filter(|c| !self.cached(c).exists()).collect();
+        let mut i = 0;
+        while i < missing.len() {
+            // A run of members adjacent in the blob, fetched in one request.
+            let mut j = i + 1;
+            while j < missing.len()
+                && (missing[j].blob_offset == missing[j - 1].blob_end
+                    || missing[j].blob_offset == missing[j - 1].blob_offset)
+                && missing[j].blob_end - missing[i].blob_offset <= MAX_COALESCED
+            {
+                j += 1;
+            }
+            self.fetch_run(&missing[i..j])?;
+            i = j;
+        }
+        Ok(())
+    }
+
+    fn lock(&self, c: &Chunk) -> Arc<Mutex<()>> {
+        let mut m = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(c.digest.hex().to_owned()).or_default().clone()
+    }
+
+    fn fetch_run(&self, run: &[&Chunk]) -> Result<()> {
+        let locks: Vec<_> = run.iter().map(|c| self.lock(c)).collect();
+        let _guards: Vec<_> = locks
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        // Another reader may have fetched them while this one waited.
+        let run: Vec<&&Chunk> = run.iter().filter(|c| !self.cached(c).exists()).collect();
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            return Ok(());
+        };
+        let (start, end) = (first.blob_offset, last.blob_end);
+        let bytes = self.src.read_range(&self.blob, start..end)?;
+        self.fetched
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if bytes.len() as u64 != end - start {
+            return Err(Error::data_loss(format!(
+                "blob {} answered {} bytes for range {start}..{end}",
+                self.blob.digest,
+                bytes.len()
+            )));
+        }
+        for c in run {
+            let member = &bytes[(c.blob_offset - start) as usize..(c.blob_end - start) as usize];
+            let data = decode_chunk(member, c).map_err(|e| {
+                e.context(format!("blob {} at {}", self.blob.digest, c.blob_offset))
+            })?;
+            self.store(c, &data)?;
+        }
+        Ok(())
+    }
+
+    fn store(&self, c: &Chunk, data: &[u8]) -> Result<()> {
+        let path = self.cached(c);
+        let tmp = tempfile::NamedTempFile::new_in(&self.chunks)
+            .map_err(|e| Error::io("create", &self.chunks, e))?;
+        tmp.as_file()
+            .write_all_at(data, 0)
+            .map_err(|e| Error::io("write", tmp.path(), e))?;
+        tmp.persist(&path)
+            .map_err(|e| Error::io("rename", &path, e.error))?;
+        Ok(())
+    }
+
+    /// Fetches the prioritized range (everything before `.prefetch.landmark`), in as few
+    /// requests as the coalescing cap allows, and caches every chunk in it; returns the
+    /// bytes fetched (none when the layer has no landmark).
+    pub fn prefetch(&self) -> Result<u64> {
+        let Some(end) = self.tree.prefetch else {
+            return Ok(0);
+        };
+        let mut chunks: Vec<&Chunk> = self
+            .tree
+            .nodes
+            .iter()
+            .flat_map(|n| n.chunks.iter())
+            .filter(|c| c.blob_end <= end)
+            .collect();
+        chunks.sort_by_key(|c| (c.blob_offset, c.inner_offset));
+        let before = self.fetched_bytes();
+        self.ensure(chunks.into_iter())?;
+        Ok(self.fetched_bytes() - before)
+    }
+}
