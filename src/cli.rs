@@ -138,6 +138,16 @@ impl Client {
     }
 }
 
+/// The snapshotter a `--lazy` pull or run uses: the `lazy` backend, which mounts eStargz
+/// layers lazily and unpacks the others.
+pub(crate) fn lazy_snapshotter(lazy: bool, snapshotter: &str) -> anyhow::Result<String> {
+    match (lazy, snapshotter) {
+        (false, s) => Ok(s.to_owned()),
+        (true, "" | "lazy") => Ok("lazy".to_owned()),
+        (true, other) => anyhow::bail!("--lazy needs the lazy snapshotter, not {other:?}"),
+    }
+}
+
 pub(crate) fn parse_label(s: &str) -> anyhow::Result<(String, String)> {
     let (k, v) = s
         .split_once('=')

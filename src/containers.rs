@@ -74,6 +74,10 @@ pub(crate) struct RunArgs {
     /// Snapshotter for the rootfs ("" = the daemon's default).
     #[arg(long, env = "STRATA_SNAPSHOTTER", default_value = "")]
     snapshotter: String,
+    /// Start before the layers are downloaded: eStargz layers are mounted lazily (the
+    /// `lazy` snapshotter), the others unpacked.
+    #[arg(long)]
+    lazy: bool,
     /// A snapshots.v1 socket to take the rootfs from (e.g. containerd's).
     #[arg(long)]
     snapshots_address: Option<String>,
@@ -138,10 +142,11 @@ impl Drop for RawMode {
 }
 
 impl RunArgs {
-    pub(crate) async fn run(self, c: &Client) -> anyhow::Result<()> {
+    pub(crate) async fn run(mut self, c: &Client) -> anyhow::Result<()> {
         if self.rm && self.detach {
             bail!("--rm and --detach cannot be used together");
         }
+        self.snapshotter = crate::cli::lazy_snapshotter(self.lazy, &self.snapshotter)?;
         let mut labels = std::collections::HashMap::new();
         for l in &self.labels {
             let (k, v) = l

@@ -26,6 +26,9 @@ pub(crate) struct PullArgs {
     /// Fetch only; do not unpack.
     #[arg(long)]
     no_unpack: bool,
+    /// Mount eStargz layers lazily (the `lazy` snapshotter), unpack the others.
+    #[arg(long, conflicts_with = "no_unpack")]
+    lazy: bool,
     /// Layers downloaded at once per image.
     #[arg(long, default_value_t = 3)]
     max_concurrent_downloads: u32,
@@ -40,6 +43,7 @@ impl PullArgs {
         let multi = std::io::stdout()
             .is_terminal()
             .then(indicatif::MultiProgress::new);
+        let snapshotter = crate::cli::lazy_snapshotter(self.lazy, &self.snapshotter)?;
         let mut tasks = Vec::new();
         for r in &self.refs {
             let multi = multi.clone();
@@ -47,7 +51,7 @@ impl PullArgs {
                 reference: r.clone(),
                 plain_http: self.plain_http,
                 platform: self.platform.clone(),
-                snapshotter: self.snapshotter.clone(),
+                snapshotter: snapshotter.clone(),
                 no_unpack: self.no_unpack,
                 max_concurrent_downloads: self.max_concurrent_downloads,
                 user: self.user.clone().unwrap_or_default(),

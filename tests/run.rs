@@ -1518,3 +1518,58 @@ fn exec_processes_are_found_again_after_a_daemon_restart() {
     env.ok(&["rm", "-f", "x"]);
     env.assert_nothing_left();
 }
+
+// ---- Lazy layers -------------------------------------------------------------------------
+
+/// A busybox whose base layer is eStargz (with its TOC digest annotated) and a second,
+/// ordinary gzip layer: one lazy layer and one unpacked over it.
+fn lazy_busybox() -> (Built, String) {
+    use strata_snapshotter::estargz::{TOC_DIGEST_ANNOTATION, WriteOptions, write_estargz};
+    let base = images::busybox_tar(&Passwd::Default);
+    let mut blob = Vec::new();
+    let w = write_estargz(&base[..], &mut blob, &WriteOptions::default()).unwrap();
+    let mut l0 = Layer::new(base, Compression::Gzip);
+    l0.blob = Some(blob);
+    l0.diff_id = Some(w.diff_id.to_string());
+    l0.annotations = vec![(TOC_DIGEST_ANNOTATION.into(), w.toc_digest.to_string())];
+    let mut t = Tar::new();
+    t.dir("etc").file("etc/motd", b"lazy hello\n");
+    let l1 = Layer::new(t.finish(), Compression::Gzip);
+    let img = Image::new(vec![l0, l1]).config(images::busybox_config());
+    (img.build(), w.digest.to_string())
+}
+
+#[test]
+fn lazy_run_starts_without_downloading_the_estargz_layer() {
+    let env = Env::new("srunlazy");
+    let (built, estargz) = lazy_busybox();
+    let image = env.push("lazybox:1", &built);
+    let out = stdout(&env.ok(&["pull", "--lazy", &image]));
+    assert!(
+        out.contains(&format!("layer {} lazy", &estargz[7..19])),
+        "{out}"
+    );
+    let plain = &built.blobs[1].0;
+    assert!(
+        out.contains(&format!("layer {} unpacked", &plain[7..19])),
+        "{out}"
+    );
+    // The container runs on the lazy base and the unpacked layer over it.
+    let got = env.run_ok(&[
+        "--rm",
+        "--lazy",
+        &image,
+        "sh",
+        "-c",
+        "cat /etc/motd; ls /bin/busybox",
+    ]);
+    assert_eq!(got, "lazy hello\n/bin/busybox\n");
+    // The eStargz blob never entered the content store; the ordinary one did.
+    let blobs = stdout(&env.ok(&["content", "ls", "-q"]));
+    assert!(!blobs.contains(&estargz), "{blobs}");
+    assert!(blobs.contains(plain.as_str()), "{blobs}");
+    // Mixed in the other order of preference: the same image on overlayfs unpacks both.
+    let out = stdout(&env.ok(&["pull", "--snapshotter", "overlayfs", &image]));
+    assert!(!out.contains(" lazy "), "{out}");
+    env.assert_nothing_left();
+}

@@ -37,6 +37,7 @@ pub mod apply;
 pub mod decompress;
 pub mod fetch;
 pub mod gc;
+mod lazy;
 mod limits;
 pub mod local;
 pub mod pull;

@@ -46,7 +46,8 @@ pub struct LayerState {
     pub fetched: u64,
     /// Uncompressed bytes extracted.
     pub unpacked: u64,
-    /// waiting | downloading | downloaded | exists | unpacking | unpacked | skipped
+    /// waiting | downloading | downloaded | exists | unpacking | unpacked | skipped | lazy
+    /// (mounted by a lazy backend: neither downloaded nor unpacked)
     pub state: &'static str,
     /// The snapshot the layer was committed as, once unpacked (not when skipped).
     pub committed: Option<Digest>,
@@ -211,8 +212,9 @@ impl LayerSource for FollowSource<'_> {
     }
 }
 
-/// Fetches the manifest's layers, `req.concurrency` at once; the first error stops the
-/// others from starting.
+/// Fetches the manifest's layers but the `lazy` ones, `req.concurrency` at once; the
+/// first error stops the others from starting.
+#[allow(clippy::too_many_arguments)]
 fn fetch_layers(
     store: &dyn ImageContentStore,
     scope: &Scope,
@@ -221,17 +223,22 @@ fn fetch_layers(
     req: &PullRequest<'_>,
     report: &Report<'_>,
     follows: &[Follow],
+    lazy: &[bool],
 ) -> Result<()> {
     let m = &resolved.manifest;
     let next = AtomicUsize::new(0);
+    let wanted = lazy.iter().filter(|l| !**l).count();
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|s| {
-        for _ in 0..req.concurrency.clamp(1, m.layers.len().max(1)) {
+        for _ in 0..req.concurrency.clamp(1, wanted.max(1)) {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= m.layers.len() {
                         break;
+                    }
+                    if lazy[i] {
+                        continue;
                     }
                     if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
                         break;
@@ -325,6 +332,29 @@ fn pull_leased(
         labels: Labels::new(),
         owner: ns.as_str().to_owned(),
     });
+    // Layers a lazy backend takes are committed now, without a download.
+    let lazy = match &req.unpack {
+        Some(to) => {
+            let chains = crate::unpack::chain_ids(&resolved.config.rootfs.diff_ids);
+            let lazy = crate::lazy::mount_lazy(
+                to,
+                &resolved.reference.to_string(),
+                &m.layers,
+                &chains,
+                ns.as_str(),
+            )?;
+            report(&|p| {
+                for (i, l) in p.layers.iter_mut().enumerate() {
+                    if lazy[i] {
+                        l.state = "lazy";
+                        l.committed = Some(chains[i].clone());
+                    }
+                }
+            });
+            lazy
+        }
+        None => vec![false; m.layers.len()],
+    };
     // Each layer extracts while it downloads (from the ingest file, see `Follow`) and is
     // committed only once its blob is verified.
     let follows: Vec<Follow> = m.layers.iter().map(|_| Follow::default()).collect();
@@ -344,6 +374,9 @@ fn pull_leased(
                         chain_id,
                     } => report(&|p| {
                         p.layers[index].unpacked = bytes;
+                        if p.layers[index].state == "lazy" {
+                            return;
+                        }
                         p.layers[index].state = if skipped { "skipped" } else { "unpacked" };
                         if !skipped {
                             p.layers[index].committed = Some(chain_id.clone());
@@ -352,7 +385,7 @@ fn pull_leased(
                 })
             })
         });
-        let fetched = fetch_layers(store, scope, resolved, &src, req, report, &follows);
+        let fetched = fetch_layers(store, scope, resolved, &src, req, report, &follows, &lazy);
         if fetched.is_ok() && unpacking.is_some() {
             report(&|p| p.stage = "unpacking");
         }

@@ -183,7 +183,7 @@ pub fn extraction_pid(key: &str) -> Option<u32> {
         .ok()
 }
 
-fn unique() -> String {
+pub(crate) fn unique() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     static N: AtomicUsize = AtomicUsize::new(0);
     let t = SystemTime::now()

@@ -284,6 +284,8 @@ impl RegistryClient {
             path: format!("/blobs/{}", desc.digest),
             accept: None,
             range: partial.then(|| (start, end - 1)),
+            body: None,
+            url: None,
         };
         let hosts = self.hosts(
             reference.registry(),
@@ -383,6 +385,8 @@ impl RegistryClient {
             path: format!("/blobs/{digest}"),
             accept: None,
             range: None,
+            body: None,
+            url: None,
         };
         let hosts = self.hosts(
             reference.registry(),

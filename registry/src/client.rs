@@ -26,7 +26,7 @@ use http::header::{
     ACCEPT, AUTHORIZATION, CONTENT_LENGTH, LOCATION, RANGE, RETRY_AFTER, USER_AGENT,
 };
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -41,7 +41,7 @@ use crate::hosts::{Capabilities, HostOptions, RegistryHost, hosts_for};
 use crate::redact::redact_url;
 use strata_proto::{Error, ErrorKind, Result};
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 const TOKEN_RESPONSE_MAX: u64 = 1 << 20;
 const ERROR_BODY_MAX: u64 = 16 << 10;
@@ -149,6 +149,25 @@ pub(crate) struct Req<'a> {
     pub(crate) accept: Option<&'static str>,
     /// Inclusive byte range for the `Range` header.
     pub(crate) range: Option<(u64, u64)>,
+    /// A body to send (pushes), with its content type.
+    pub(crate) body: Option<(Bytes, &'static str)>,
+    /// An absolute URL on the host to use instead of `path` (an upload's `Location`).
+    pub(crate) url: Option<Uri>,
+}
+
+impl<'a> Req<'a> {
+    /// A bodiless request of `path` in `repo`.
+    pub(crate) fn new(method: Method, repo: &'a str, path: String) -> Self {
+        Req {
+            method,
+            repo,
+            path,
+            accept: None,
+            range: None,
+            body: None,
+            url: None,
+        }
+    }
 }
 
 impl RegistryClient {
@@ -247,10 +266,14 @@ impl RegistryClient {
     ) -> Result<Response<Incoming>> {
         let opts = &self.inner.opts;
         let client = self.http_client(host)?;
-        let base = format!("{}/{}{}", host.base_url(), req.repo, req.path);
-        let mut uri: Uri = base
-            .parse()
-            .map_err(|_| Error::invalid(format!("cannot build a URL for {}", host.authority)))?;
+        let mut uri: Uri = match &req.url {
+            Some(u) => u.clone(),
+            None => format!("{}/{}{}", host.base_url(), req.repo, req.path)
+                .parse()
+                .map_err(|_| {
+                    Error::invalid(format!("cannot build a URL for {}", host.authority))
+                })?,
+        };
         let origin = origin_of(&uri);
         let mut on_origin = true;
         let mut redirects = 0;
@@ -281,8 +304,15 @@ impl RegistryClient {
             if let Some(a) = auth {
                 b = b.header(AUTHORIZATION, a);
             }
+            let body = match &req.body {
+                Some((bytes, content_type)) => {
+                    b = b.header(http::header::CONTENT_TYPE, *content_type);
+                    bytes.clone()
+                }
+                None => Bytes::new(),
+            };
             let request = b
-                .body(Empty::new())
+                .body(Full::new(body))
                 .map_err(|e| Error::invalid("build request").with_source(e))?;
             let shown = redact_url(&uri);
             let result = tokio::time::timeout(opts.response_timeout, client.request(request)).await;
@@ -516,7 +546,7 @@ impl RegistryClient {
             b = b.header(AUTHORIZATION, c.basic_header());
         }
         let request = b
-            .body(Empty::new())
+            .body(Full::new(Bytes::new()))
             .map_err(|e| Error::invalid("build token request").with_source(e))?;
         let client = self.http_client(host)?;
         let resp = tokio::time::timeout(opts.response_timeout, client.request(request))
@@ -675,7 +705,7 @@ fn origin_of(u: &Uri) -> (Option<String>, Option<String>, u16) {
 }
 
 /// Resolves a `Location` header against the request URL (absolute, or absolute-path).
-fn resolve_location(base: &Uri, loc: &str) -> Option<Uri> {
+pub(crate) fn resolve_location(base: &Uri, loc: &str) -> Option<Uri> {
     let loc = loc.trim();
     if loc.starts_with("http://") || loc.starts_with("https://") {
         return loc.parse().ok();

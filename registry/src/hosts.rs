@@ -40,7 +40,7 @@ pub struct Capabilities {
     pub pull: bool,
     /// Resolve tags to digests.
     pub resolve: bool,
-    /// Push (parsed for compatibility; strata does not push).
+    /// Push (`strata convert` writes its images there).
     pub push: bool,
 }
 

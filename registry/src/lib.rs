@@ -8,7 +8,8 @@
 //! - `client`: one request to one host with retries, redirects and authentication;
 //!   credentials never leave their origin.
 //! - `resolve`: reference -> index -> platform's manifest -> config, every document capped,
-//!   classified and verified; `blob`: ranged, verified blob streams.
+//!   classified and verified; `blob`: ranged, verified blob streams; `push`: blob
+//!   uploads and manifest puts (for `strata convert`).
 //!
 //! ```text
 //! RegistryClient::resolve_image(ref, platform)
@@ -37,6 +38,7 @@ mod blob;
 mod client;
 pub mod hosts;
 mod media;
+mod push;
 mod redact;
 pub mod reference;
 mod resolve;

@@ -136,6 +136,8 @@ impl RegistryClient {
             path: format!("/manifests/{object}"),
             accept: Some(MANIFEST_ACCEPT),
             range: None,
+            body: None,
+            url: None,
         };
         let resp = self.send_host(host, &req).await?;
         let header = |name: &str| {
@@ -212,6 +214,8 @@ impl RegistryClient {
             path: format!("/blobs/{}", desc.digest),
             accept: None,
             range: None,
+            body: None,
+            url: None,
         };
         for host in &hosts {
             let got = async {

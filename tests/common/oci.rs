@@ -104,6 +104,8 @@ pub struct Layer {
     pub size: Option<i64>,
     /// Digest in the manifest descriptor; `None` = the blob's.
     pub digest: Option<String>,
+    /// Annotations of the manifest descriptor (an eStargz TOC digest, say).
+    pub annotations: Vec<(String, String)>,
 }
 
 impl Layer {
@@ -116,6 +118,7 @@ impl Layer {
             diff_id: None,
             size: None,
             digest: None,
+            annotations: Vec::new(),
         }
     }
 
@@ -226,12 +229,21 @@ impl Image {
             .iter()
             .zip(&blobs)
             .map(|(l, (d, b))| {
-                json!({
+                let mut desc = json!({
                     "mediaType": l.media_type.clone()
                         .unwrap_or_else(|| l.compression.media_type(self.docker).to_owned()),
                     "digest": l.digest.clone().unwrap_or_else(|| d.clone()),
                     "size": l.size.unwrap_or(b.len() as i64),
-                })
+                });
+                if !l.annotations.is_empty() {
+                    let a: serde_json::Map<String, Value> = l
+                        .annotations
+                        .iter()
+                        .map(|(k, v)| (k.clone(), json!(v)))
+                        .collect();
+                    desc["annotations"] = Value::Object(a);
+                }
+                desc
             })
             .collect();
         let manifest = serde_json::to_vec(&json!({
