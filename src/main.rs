@@ -7,6 +7,7 @@
 mod cli;
 mod config;
 mod containers;
+mod convert;
 mod daemon;
 mod images;
 mod snapshots;
@@ -61,6 +62,8 @@ enum Command {
     /// Manage images.
     #[command(subcommand)]
     Images(images::ImagesCmd),
+    /// Convert an image's layers (to eStargz), registry to registry.
+    Convert(convert::ConvertArgs),
     /// Manage snapshots.
     Snapshots(snapshots::SnapshotsArgs),
     /// Run a container from an image (pulled if missing) and exit with its status.
@@ -129,6 +132,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let opts = daemon::ServeOptions::from_config(cfg, root, args.address)?;
             daemon::serve(opts).await
         }
+        Command::Convert(c) => c.run().await,
         command => {
             let address = args
                 .address
@@ -151,7 +155,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Command::Events(c) => c.run(&client).await,
                 Command::Gc => client.gc().await,
                 Command::Version => client.version().await,
-                Command::Serve { .. } => unreachable!("handled above"),
+                Command::Serve { .. } | Command::Convert(_) => unreachable!("handled above"),
             }
         }
     }

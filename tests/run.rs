@@ -1573,3 +1573,55 @@ fn lazy_run_starts_without_downloading_the_estargz_layer() {
     assert!(!out.contains(" lazy "), "{out}");
     env.assert_nothing_left();
 }
+
+#[test]
+fn convert_to_estargz_then_run_lazily() {
+    let env = Env::new("srunconv");
+    let mut t = Tar::new();
+    t.dir("etc").file("etc/motd", b"converted hello\n");
+    let plain = Image::new(vec![
+        Layer::new(images::busybox_tar(&Passwd::Default), Compression::Gzip),
+        Layer::new(t.finish(), Compression::Zstd),
+    ])
+    .config(images::busybox_config())
+    .build();
+    let src = env.push("plainbox:1", &plain);
+    let dst = format!("{}/lazybox:estargz", env.reg.hostport);
+    let list = env.wd().join("prefetch.txt");
+    std::fs::write(&list, "/bin/busybox\n# a comment\netc/motd\n").unwrap();
+    let out = stdout(&env.ok(&[
+        "convert",
+        "--estargz",
+        "--prefetch-from",
+        list.to_str().unwrap(),
+        &src,
+        &dst,
+    ]));
+    assert!(out.contains(&format!("{dst}: converted sha256:")), "{out}");
+    assert_eq!(out.matches(" toc sha256:").count(), 2, "{out}");
+
+    // Every layer of the converted image is lazy; none is downloaded.
+    let pulled = stdout(&env.ok(&["pull", "--lazy", &dst]));
+    assert_eq!(pulled.matches(" lazy ").count(), 2, "{pulled}");
+    let got = env.run_ok(&["--rm", "--lazy", &dst, "cat", "/etc/motd"]);
+    assert_eq!(got, "converted hello\n");
+    let blobs = stdout(&env.ok(&["content", "ls", "-q"]));
+    for l in out.lines().filter(|l| l.starts_with("layer ")) {
+        let converted = l.split_whitespace().nth(3).unwrap();
+        assert!(
+            !blobs.contains(converted),
+            "{converted} downloaded: {blobs}"
+        );
+    }
+    // The converted image is an ordinary image too: unpacked in full on overlayfs.
+    let got = env.run_ok(&[
+        "--rm",
+        "--snapshotter",
+        "overlayfs",
+        &dst,
+        "cat",
+        "/etc/motd",
+    ]);
+    assert_eq!(got, "converted hello\n");
+    env.assert_nothing_left();
+}

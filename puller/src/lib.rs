@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod convert;
 pub mod decompress;
 pub mod fetch;
 pub mod gc;

@@ -399,3 +399,26 @@ fn a_chunk_or_a_source_that_lies_is_refused() {
     *src.tamper.lock().unwrap() = Some(Box::new(|_, b| b.iter().map(|x| x ^ 0x55).collect()));
     assert!(fetch_tree(&src, &src.remote(), &w.toc_digest, &TocLimits::default()).is_err());
 }
+
+#[test]
+fn hostile_layers_are_refused_by_the_writer() {
+    let write = |tar: &[u8]| write_estargz(tar, &mut Vec::new(), &WriteOptions::default());
+    let mut t = Tar::new();
+    t.file("ok", b"1").file("../escape", b"2");
+    let err = write(&t.finish()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err:?}");
+    assert!(format!("{err}").contains("outside the layer"), "{err}");
+    let mut t = Tar::new();
+    t.hardlink("link", "../../etc/passwd");
+    assert!(write(&t.finish()).is_err());
+    // Not a tar at all, and a tar cut inside an entry.
+    assert!(write(&[0x42; 1500]).is_err());
+    let mut t = Tar::new();
+    t.file("big", &[7u8; 5000]);
+    let tar = t.finish();
+    assert!(write(&tar[..2048]).is_err());
+    // Names a TOC cannot carry (not UTF-8).
+    let mut t = Tar::new();
+    t.entry(b'0', b"bad\xff", b"", b"x", 0o644);
+    assert!(format!("{}", write(&t.finish()).unwrap_err()).contains("UTF-8"));
+}
