@@ -17,7 +17,7 @@ use strata_content::{LocalStore, SharingPolicy, StoreOptions};
 use strata_proto::strata::v1 as spb;
 use strata_puller::RegistryBlobs;
 use strata_puller::service::{ImagesService, RegistrySettings};
-use strata_snapshotter::lazy::LazySnapshotter;
+use strata_snapshotter::lazy::{LazyOptions, LazySnapshotter};
 use strata_snapshotter::observe::{SnapshotEvent, SnapshotEvents};
 use strata_snapshotter::overlay::kernel_supports_index;
 use strata_snapshotter::service::{Backends, BackendsCell, SnapshotsService};
@@ -430,9 +430,12 @@ fn open_backends(
     let lazy = Arc::new(
         LazySnapshotter::open(
             &lazy_root,
-            OverlayOptions {
-                index_off: kernel_supports_index(),
-                ..OverlayOptions::default()
+            LazyOptions {
+                overlay: OverlayOptions {
+                    index_off: kernel_supports_index(),
+                    ..OverlayOptions::default()
+                },
+                ..LazyOptions::default()
             },
             blobs,
         )

@@ -20,7 +20,7 @@ use strata_snapshotter::lazy::backend::{
     CRI_IMAGE_REF_LABEL, CRI_LAYER_DIGEST_LABEL, REMOTE_LABEL, STARGZ_DIGEST_LABEL,
     STARGZ_REFERENCE_LABEL,
 };
-use strata_snapshotter::lazy::{LayerReader, LazyMount, LazySnapshotter};
+use strata_snapshotter::lazy::{LayerReader, LazyMount, LazyOptions, LazySnapshotter};
 use strata_snapshotter::mount::{mount_all, unmount_all};
 use strata_snapshotter::overlay::kernel_supports_index;
 use strata_snapshotter::{Cleanup, Kind, Labels, OverlayOptions, Snapshotter};
@@ -254,9 +254,12 @@ fn the_lazy_backend_commits_layers_in_the_handshake() {
     let src = Arc::new(MemSource::new(blob));
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("lazy");
-    let opts = OverlayOptions {
-        index_off: kernel_supports_index(),
-        ..Default::default()
+    let opts = LazyOptions {
+        overlay: OverlayOptions {
+            index_off: kernel_supports_index(),
+            ..Default::default()
+        },
+        background_fetch: None,
     };
     let sn = LazySnapshotter::open(&root, opts.clone(), src.clone()).unwrap();
     let chain = w.diff_id.to_string();
@@ -365,7 +368,11 @@ fn prioritized_files_are_fetched_at_mount() {
     let src = Arc::new(MemSource::new(blob));
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("lazy");
-    let sn = LazySnapshotter::open(&root, OverlayOptions::default(), src.clone()).unwrap();
+    let opts = LazyOptions {
+        background_fetch: None,
+        ..Default::default()
+    };
+    let sn = LazySnapshotter::open(&root, opts, src.clone()).unwrap();
     let chain = w.diff_id.to_string();
     let labels = handshake_labels(&chain, &src, &w.toc_digest.to_string(), true);
     let err = sn.prepare("extract-1 x", None, labels).unwrap_err();
@@ -398,4 +405,48 @@ fn prioritized_files_are_fetched_at_mount() {
     );
     let err = std::fs::read(lower.join("home/user/owned")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+}
+
+#[test]
+fn after_the_background_fetch_the_registry_is_not_needed() {
+    require_root!();
+    let mut blob = Vec::new();
+    let opts = WriteOptions {
+        chunk_size: 64 << 10,
+        ..Default::default()
+    };
+    let w = write_estargz(&layer()[..], &mut blob, &opts).unwrap();
+    let src = Arc::new(MemSource::new(blob));
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("lazy");
+    let opts = LazyOptions {
+        background_fetch: Some(std::time::Duration::ZERO),
+        ..Default::default()
+    };
+    let sn = LazySnapshotter::open(&root, opts, src.clone()).unwrap();
+    let chain = w.diff_id.to_string();
+    let labels = handshake_labels(&chain, &src, &w.toc_digest.to_string(), false);
+    let err = sn.prepare("extract-1 x", None, labels).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err:?}");
+    let reader = sn.inner().driver().reader(1).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !reader.is_complete() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background fetch did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(reader.fetched_bytes() <= src.blob.len() as u64);
+    // The registry gone, every file reads (the tree snapshot reads all content).
+    src.down.store(true, Ordering::SeqCst);
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let lower = root.join("snapshots/1/fs");
+    let tree = Snapshot::of(&lower);
+    let big = &tree.0[Path::new("usr/lib/big.so")];
+    assert_eq!(big.content.as_ref().unwrap().len(), 600 << 10);
+    assert_eq!(
+        tree.0[Path::new("home/user/owned")].content.as_deref(),
+        Some(&b"mine"[..])
+    );
 }

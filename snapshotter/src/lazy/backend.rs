@@ -26,6 +26,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use strata_proto::Digest;
 
@@ -186,22 +187,43 @@ impl Driver for LazyDriver {
 
 impl DiffDriver for LazyDriver {}
 
+/// Options of a [`LazySnapshotter`].
+#[derive(Clone, Debug)]
+pub struct LazyOptions {
+    /// The overlay mounts' options.
+    pub overlay: OverlayOptions,
+    /// When to start bringing a mounted layer's whole blob local, after its prefetch;
+    /// `None`: never (every read stays on demand).
+    pub background_fetch: Option<Duration>,
+}
+
+impl Default for LazyOptions {
+    fn default() -> Self {
+        LazyOptions {
+            overlay: OverlayOptions::default(),
+            // Late enough that a container's start reads come first.
+            background_fetch: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
 /// The lazy snapshotter: [`MetaSnapshotter`] over a [`LazyDriver`], with lazy layers
 /// made in the remote-snapshot handshake (see the module docs).
 pub struct LazySnapshotter {
     inner: Arc<MetaSnapshotter<LazyDriver>>,
     blobs: Arc<dyn BlobSource>,
     limits: TocLimits,
+    background_fetch: Option<Duration>,
 }
 
 impl LazySnapshotter {
     /// Opens (creating) a lazy snapshotter rooted at `root` that reads remote blobs
     /// through `blobs`, and mounts every lazy layer it committed before.
-    pub fn open(root: &Path, opts: OverlayOptions, blobs: Arc<dyn BlobSource>) -> Result<Self> {
+    pub fn open(root: &Path, opts: LazyOptions, blobs: Arc<dyn BlobSource>) -> Result<Self> {
         let snapshots = root.join("snapshots");
         unmount_stale(&snapshots);
         let driver = LazyDriver {
-            overlay: OverlayDriver::open(root, opts)?,
+            overlay: OverlayDriver::open(root, opts.overlay)?,
             snapshots,
             mounts: Mutex::new(HashMap::new()),
         };
@@ -210,6 +232,7 @@ impl LazySnapshotter {
             inner,
             blobs,
             limits: TocLimits::default(),
+            background_fetch: opts.background_fetch,
         };
         s.remount();
         Ok(s)
@@ -284,13 +307,23 @@ impl LazySnapshotter {
         let m = LazyMount::mount(reader.clone(), &d.fs_dir(id))?;
         d.attach(id, m);
         // The prioritized files, off the Prepare: a read that comes first fetches its
-        // own chunks, the prefetch skips what is cached by then.
+        // own chunks, the prefetch skips what is cached by then. Then, later and below
+        // on-demand reads, the rest of the blob.
+        let background = self.background_fetch;
         let spawned = std::thread::Builder::new()
-            .name("lazy-prefetch".into())
-            .spawn(move || match reader.prefetch() {
-                Ok(n) if n > 0 => tracing::debug!(bytes = n, "prefetched"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "prefetch failed; reads fetch on demand"),
+            .name("lazy-fetch".into())
+            .spawn(move || {
+                match reader.prefetch() {
+                    Ok(n) if n > 0 => tracing::debug!(bytes = n, "prefetched"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "prefetch failed; reads fetch on demand"),
+                }
+                let Some(delay) = background else { return };
+                std::thread::sleep(delay);
+                match reader.fetch_all() {
+                    Ok(()) => tracing::info!(blob = %reader.blob().digest, "lazy layer is local"),
+                    Err(e) => tracing::debug!(error = %e, "background fetch ended"),
+                }
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "no prefetch thread");

@@ -13,7 +13,7 @@ pub mod fs;
 pub mod mount;
 pub mod reader;
 
-pub use backend::{LazyDriver, LazyLayer, LazySnapshotter};
+pub use backend::{LazyDriver, LazyLayer, LazyOptions, LazySnapshotter};
 pub use fs::LazyFs;
 pub use mount::LazyMount;
 pub use reader::LayerReader;

@@ -72,6 +72,7 @@ impl LazyMount {
     }
 
     fn stop(&mut self) -> Result<()> {
+        self.reader.stop();
         match self.session.take() {
             Some(s) => s
                 .umount_and_join()

@@ -9,15 +9,19 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::estargz::{Chunk, Node, NodeKind, Tree, decode_chunk};
 use crate::remote::{BlobSource, RemoteBlob};
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// Largest compressed range fetched in one request when coalescing chunks.
 const MAX_COALESCED: u64 = 16 << 20;
+/// Largest range of one background request: small enough that an on-demand read waits
+/// little behind it.
+const BACKGROUND_STEP: u64 = 4 << 20;
 
 /// The content of one lazy layer.
 pub struct LayerReader {
@@ -28,6 +32,12 @@ pub struct LayerReader {
     fetched: AtomicU64,
     /// Chunks being fetched, so a second reader waits for the first.
     inflight: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// On-demand reads in progress: the background fetch waits while there are any.
+    demand: AtomicUsize,
+    /// Set when the layer goes away: the background fetch stops.
+    stopped: AtomicBool,
+    /// Set once every chunk is local: the registry is no longer needed.
+    complete: AtomicBool,
 }
 
 impl std::fmt::Debug for LayerReader {
@@ -56,6 +66,9 @@ impl LayerReader {
             chunks,
             fetched: AtomicU64::new(0),
             inflight: Mutex::new(HashMap::new()),
+            demand: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
+            complete: AtomicBool::new(false),
         })
     }
 
@@ -102,7 +115,10 @@ impl LayerReader {
             .partition_point(|c| c.file_offset + c.size <= offset);
         let last = node.chunks.partition_point(|c| c.file_offset < end);
         let wanted = &node.chunks[first..last];
-        self.ensure(wanted.iter())?;
+        self.demand.fetch_add(1, Ordering::SeqCst);
+        let ensured = self.ensure(wanted.iter());
+        self.demand.fetch_sub(1, Ordering::SeqCst);
+        ensured?;
         let mut out = Vec::with_capacity((end - offset) as usize);
         for c in wanted {
             let from = offset.max(c.file_offset) - c.file_offset;
@@ -204,5 +220,59 @@ impl LayerReader {
         let before = self.fetched_bytes();
         self.ensure(chunks.into_iter())?;
         Ok(self.fetched_bytes() - before)
+    }
+
+    /// Whether every chunk of the layer is local.
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::SeqCst)
+    }
+
+    /// Stops the background fetch (the layer is being removed).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// Brings every chunk of the layer into the cache, in blob order, a few MiB per
+    /// request, never while an on-demand read is waiting; failures are retried with
+    /// backoff until it succeeds or [`LayerReader::stop`] is called. After it, reads
+    /// need no registry.
+    pub fn fetch_all(&self) -> Result<()> {
+        let mut chunks: Vec<&Chunk> = self
+            .tree
+            .nodes
+            .iter()
+            .flat_map(|n| n.chunks.iter())
+            .collect();
+        chunks.sort_by_key(|c| (c.blob_offset, c.inner_offset));
+        chunks.dedup_by_key(|c| c.digest.clone());
+        let mut i = 0;
+        let mut backoff = Duration::from_millis(100);
+        while i < chunks.len() {
+            if self.stopped.load(Ordering::SeqCst) {
+                return Err(Error::new(ErrorKind::Canceled, "layer removed"));
+            }
+            if self.demand.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            let start = chunks[i].blob_offset;
+            let mut j = i + 1;
+            while j < chunks.len() && chunks[j].blob_end - start <= BACKGROUND_STEP {
+                j += 1;
+            }
+            match self.ensure(chunks[i..j].iter().copied()) {
+                Ok(()) => {
+                    i = j;
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    tracing::debug!(blob = %self.blob.digest, error = %e, ?backoff, "background fetch retries");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.complete.store(true, Ordering::SeqCst);
+        Ok(())
     }
 }
