@@ -30,11 +30,11 @@ use std::time::Duration;
 
 use strata_proto::Digest;
 
-use super::mount::LazyMount;
+use super::mounter::{InProcess, LayerMounter, MountSpec, MountedLayer};
 use super::reader::LayerReader;
 use crate::api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Remote, Snapshotter, Usage};
 use crate::driver::{DiffDriver, Driver, MetaSnapshotter};
-use crate::estargz::{TOC_DIGEST_ANNOTATION, TocLimits, Tree, fetch_toc, read};
+use crate::estargz::{TOC_DIGEST_ANNOTATION, TocLimits, fetch_toc};
 use crate::meta::Snapshot;
 use crate::overlay::{OverlayDriver, OverlayOptions};
 use crate::remote::{BlobSource, RemoteBlob, SNAPSHOT_REF_LABEL};
@@ -101,7 +101,9 @@ impl LazyLayer {
 pub struct LazyDriver {
     overlay: OverlayDriver,
     snapshots: PathBuf,
-    mounts: Mutex<HashMap<u64, LazyMount>>,
+    mounts: Mutex<HashMap<u64, Box<dyn MountedLayer>>>,
+    /// Usage of lazy snapshots being committed (measured from the TOC, not the mount).
+    usage: Mutex<HashMap<u64, Usage>>,
 }
 
 impl LazyDriver {
@@ -113,7 +115,7 @@ impl LazyDriver {
         self.snapshots.join(id.to_string()).join("fs")
     }
 
-    fn attach(&self, id: u64, m: LazyMount) {
+    fn attach(&self, id: u64, m: Box<dyn MountedLayer>) {
         self.mounts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -133,10 +135,22 @@ impl LazyDriver {
         }
     }
 
-    /// The reader of lazy snapshot `id`, if it is mounted.
+    /// The reader of lazy snapshot `id`, if it is mounted and served in this process.
     pub fn reader(&self, id: u64) -> Option<Arc<LayerReader>> {
         let m = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(&id).map(|m| m.reader().clone())
+        m.get(&id).and_then(|m| m.reader())
+    }
+
+    /// Compressed bytes lazy snapshot `id` fetched, and whether it is all local.
+    pub fn fetch_state(&self, id: u64) -> Option<(u64, bool)> {
+        let m = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&id).map(|m| (m.fetched_bytes(), m.is_complete()))
+    }
+
+    /// Usage of lazy snapshots being committed, from their TOCs.
+    fn toc_usage(&self, id: u64) -> Option<Usage> {
+        let m = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&id).copied()
     }
 
     /// How many lazy layers are mounted.
@@ -164,12 +178,8 @@ impl Driver for LazyDriver {
 
     fn usage(&self, s: &Snapshot) -> Result<Usage> {
         // A lazy layer's size is its TOC's, not a walk of the FUSE mount.
-        if let Some(r) = self.reader(s.id) {
-            let t = r.tree();
-            return Ok(Usage {
-                size: t.content_bytes() as i64,
-                inodes: t.nodes.len() as i64,
-            });
+        if let Some(u) = self.toc_usage(s.id) {
+            return Ok(u);
         }
         self.overlay.usage(s)
     }
@@ -212,25 +222,41 @@ impl Default for LazyOptions {
 pub struct LazySnapshotter {
     inner: Arc<MetaSnapshotter<LazyDriver>>,
     blobs: Arc<dyn BlobSource>,
+    mounter: Arc<dyn LayerMounter>,
     limits: TocLimits,
     background_fetch: Option<Duration>,
 }
 
 impl LazySnapshotter {
     /// Opens (creating) a lazy snapshotter rooted at `root` that reads remote blobs
-    /// through `blobs`, and mounts every lazy layer it committed before.
+    /// through `blobs` and serves its mounts from this process ([`InProcess`]), and
+    /// mounts every lazy layer it committed before.
     pub fn open(root: &Path, opts: LazyOptions, blobs: Arc<dyn BlobSource>) -> Result<Self> {
+        let mounter = Arc::new(InProcess::new(blobs.clone()));
+        Self::open_with(root, opts, blobs, mounter)
+    }
+
+    /// [`LazySnapshotter::open`] with the mounts served by `mounter`; mounts it left
+    /// that are still served are adopted, not mounted again.
+    pub fn open_with(
+        root: &Path,
+        opts: LazyOptions,
+        blobs: Arc<dyn BlobSource>,
+        mounter: Arc<dyn LayerMounter>,
+    ) -> Result<Self> {
         let snapshots = root.join("snapshots");
         unmount_stale(&snapshots);
         let driver = LazyDriver {
             overlay: OverlayDriver::open(root, opts.overlay)?,
             snapshots,
             mounts: Mutex::new(HashMap::new()),
+            usage: Mutex::new(HashMap::new()),
         };
         let inner = Arc::new(MetaSnapshotter::open(&root.join("metadata"), driver)?);
         let s = LazySnapshotter {
             inner,
             blobs,
+            mounter,
             limits: TocLimits::default(),
             background_fetch: opts.background_fetch,
         };
@@ -277,58 +303,30 @@ impl LazySnapshotter {
         let size = number(LAZY_SIZE_LABEL)?;
         let toc_offset = number(LAZY_TOC_OFFSET_LABEL)?;
         let s = self.inner.meta().get(&info.name)?;
-        let dir = self.inner.driver().lazy_dir(s.id);
-        let toc = dir.join("toc.json");
-        let json = std::fs::read(&toc).map_err(|e| Error::io("read", &toc, e))?;
-        if read::sha256(&json) != layer.toc_digest {
-            return Err(Error::data_loss(format!(
-                "{} does not match its digest",
-                toc.display()
-            )));
+        let spec = self.spec(s.id, &layer, size, toc_offset);
+        if let Some(m) = self.mounter.adopt(&spec) {
+            tracing::info!(snapshot = %info.name, "lazy layer still served");
+            self.inner.driver().attach(s.id, m);
+            return Ok(());
         }
-        let tree = Tree::from_json(&json, toc_offset, &self.limits)?;
-        self.mount(s.id, tree, &layer, size)
+        let tree = spec.tree()?;
+        let m = self.mounter.mount(&spec, tree)?;
+        self.inner.driver().attach(s.id, m);
+        Ok(())
     }
 
-    fn mount(&self, id: u64, tree: Tree, layer: &LazyLayer, size: u64) -> Result<()> {
-        let blob = RemoteBlob {
-            reference: layer.reference.clone(),
-            digest: layer.digest.clone(),
-            size,
-        };
+    fn spec(&self, id: u64, layer: &LazyLayer, size: u64, toc_offset: u64) -> MountSpec {
         let d = self.inner.driver();
-        let reader = LayerReader::new(
-            tree,
-            self.blobs.clone(),
-            blob,
-            &d.lazy_dir(id).join("cache"),
-        )?;
-        let reader = Arc::new(reader);
-        let m = LazyMount::mount(reader.clone(), &d.fs_dir(id))?;
-        d.attach(id, m);
-        // The prioritized files, off the Prepare: a read that comes first fetches its
-        // own chunks, the prefetch skips what is cached by then. Then, later and below
-        // on-demand reads, the rest of the blob.
-        let background = self.background_fetch;
-        let spawned = std::thread::Builder::new()
-            .name("lazy-fetch".into())
-            .spawn(move || {
-                match reader.prefetch() {
-                    Ok(n) if n > 0 => tracing::debug!(bytes = n, "prefetched"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "prefetch failed; reads fetch on demand"),
-                }
-                let Some(delay) = background else { return };
-                std::thread::sleep(delay);
-                match reader.fetch_all() {
-                    Ok(()) => tracing::info!(blob = %reader.blob().digest, "lazy layer is local"),
-                    Err(e) => tracing::debug!(error = %e, "background fetch ended"),
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "no prefetch thread");
+        MountSpec {
+            mountpoint: d.fs_dir(id),
+            lazy_dir: d.lazy_dir(id),
+            reference: layer.reference.clone(),
+            digest: layer.digest.to_string(),
+            size,
+            toc_digest: layer.toc_digest.to_string(),
+            toc_offset,
+            background_fetch_ms: self.background_fetch.map(|d| d.as_millis() as u64),
         }
-        Ok(())
     }
 
     /// Serves `layer` lazily as a committed snapshot on `parent`; the caller answers
@@ -355,12 +353,28 @@ impl LazySnapshotter {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
             let toc = dir.join("toc.json");
             std::fs::write(&toc, &json).map_err(|e| Error::io("write", &toc, e))?;
-            self.mount(id, tree, layer, size)?;
+            let usage = Usage {
+                size: tree.content_bytes() as i64,
+                inodes: tree.nodes.len() as i64,
+            };
+            let spec = self.spec(id, layer, size, toc_offset);
+            let m = self.mounter.mount(&spec, tree)?;
+            let d = self.inner.driver();
+            d.attach(id, m);
+            d.usage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, usage);
             let mut committed = labels.clone();
             committed.insert(REMOTE_LABEL.into(), "remote snapshot".into());
             committed.insert(LAZY_SIZE_LABEL.into(), size.to_string());
             committed.insert(LAZY_TOC_OFFSET_LABEL.into(), toc_offset.to_string());
-            self.inner.commit(&layer.target, key, committed)
+            let r = self.inner.commit(&layer.target, key, committed);
+            d.usage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            r
         })();
         if let Err(e) = made {
             // Removing the active snapshot unmounts it too: nothing half-made stays.
@@ -460,15 +474,13 @@ impl Drop for LazySnapshotter {
                 .unwrap_or_else(|e| e.into_inner()),
         );
         for (_, m) in mounts {
-            if let Err(e) = m.unmount() {
-                tracing::warn!(error = %e, "unmount lazy layer");
-            }
+            m.release();
         }
     }
 }
 
-/// Detaches FUSE mounts a killed process left under `snapshots` (their server is gone:
-/// every access would fail with ENOTCONN), so cleanup and remounting find plain dirs.
+/// Detaches FUSE mounts under `snapshots` whose server is gone (every access fails with
+/// ENOTCONN), so cleanup and remounting find plain dirs. Mounts still served stay.
 fn unmount_stale(snapshots: &Path) {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
@@ -486,6 +498,9 @@ fn unmount_stale(snapshots: &Path) {
         };
         if fstype.starts_with("fuse") && point.starts_with(prefix) {
             let point = point.replace("\\040", " ");
+            if std::fs::metadata(&point).is_ok() {
+                continue;
+            }
             if let Err(e) = nix::mount::umount2(point.as_str(), nix::mount::MntFlags::MNT_DETACH) {
                 tracing::warn!(mount = %point, error = %e, "detach stale lazy mount");
             }

@@ -6,14 +6,18 @@
 //!   layers are mounted lazily in containerd's remote-snapshot handshake.
 //! - [`reader`]: [`LayerReader`]: chunk fetch (coalesced), verification, cache, prefetch.
 //! - [`fs`]: [`LazyFs`], the FUSE filesystem over a reader (on `fuser`; why is there).
+//! - [`mounter`]: who serves a mount: [`InProcess`], or the daemon's own server
+//!   processes, behind [`LayerMounter`].
 //! - [`mount`]: [`LazyMount`], a mounted layer, unmounted when dropped.
 
 pub mod backend;
 pub mod fs;
 pub mod mount;
+pub mod mounter;
 pub mod reader;
 
 pub use backend::{LazyDriver, LazyLayer, LazyOptions, LazySnapshotter};
 pub use fs::LazyFs;
 pub use mount::LazyMount;
+pub use mounter::{InProcess, LayerMounter, MountSpec, MountedLayer, serve};
 pub use reader::LayerReader;

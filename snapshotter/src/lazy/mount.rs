@@ -71,6 +71,18 @@ impl LazyMount {
         self.stop()
     }
 
+    /// Serves until someone else unmounts it (a lazy layer's own server process).
+    pub fn wait(mut self) -> Result<()> {
+        let r = match self.session.take() {
+            Some(s) => s
+                .join()
+                .map_err(|e| Error::io("serve lazy layer at", &self.path, e)),
+            None => Ok(()),
+        };
+        self.reader.stop();
+        r
+    }
+
     fn stop(&mut self) -> Result<()> {
         self.reader.stop();
         match self.session.take() {
