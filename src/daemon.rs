@@ -427,8 +427,10 @@ fn open_backends(
         tokio::runtime::Handle::current(),
     ));
     let lazy_root = dir.join("lazy");
+    // Each lazy layer is served by a process of its own, which outlives the daemon.
+    let mounter = Arc::new(crate::lazy_server::ServerMounter::new(registry.clone())?);
     let lazy = Arc::new(
-        LazySnapshotter::open(
+        LazySnapshotter::open_with(
             &lazy_root,
             LazyOptions {
                 overlay: OverlayOptions {
@@ -438,6 +440,7 @@ fn open_backends(
                 ..LazyOptions::default()
             },
             blobs,
+            mounter,
         )
         .context("open lazy snapshotter")?,
     );

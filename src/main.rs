@@ -10,6 +10,7 @@ mod containers;
 mod convert;
 mod daemon;
 mod images;
+mod lazy_server;
 mod snapshots;
 
 use std::path::PathBuf;
@@ -88,6 +89,18 @@ enum Command {
     Gc,
     /// Print the daemon's version and services.
     Version,
+    /// Serve one lazy layer until it is unmounted (started by the daemon).
+    #[command(hide = true)]
+    LazyServe {
+        /// The layer's mount spec (JSON).
+        spec: PathBuf,
+        /// containerd-style hosts.toml directory.
+        #[arg(long)]
+        hosts_dir: PathBuf,
+        /// Docker config with credentials.
+        #[arg(long)]
+        docker_config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -133,6 +146,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             daemon::serve(opts).await
         }
         Command::Convert(c) => c.run().await,
+        Command::LazyServe {
+            spec,
+            hosts_dir,
+            docker_config,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::try_new("info")?)
+                .with_writer(std::io::stderr)
+                .init();
+            let registry = strata_puller::service::RegistrySettings {
+                hosts_dir,
+                docker_config,
+            };
+            // Its own runtime and threads: not inside this one.
+            tokio::task::spawn_blocking(move || lazy_server::run(&spec, &registry)).await?
+        }
         command => {
             let address = args
                 .address
@@ -155,7 +184,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Command::Events(c) => c.run(&client).await,
                 Command::Gc => client.gc().await,
                 Command::Version => client.version().await,
-                Command::Serve { .. } | Command::Convert(_) => unreachable!("handled above"),
+                Command::Serve { .. } | Command::Convert(_) | Command::LazyServe { .. } => {
+                    unreachable!("handled above")
+                }
             }
         }
     }

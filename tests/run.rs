@@ -1625,3 +1625,91 @@ fn convert_to_estargz_then_run_lazily() {
     assert_eq!(got, "converted hello\n");
     env.assert_nothing_left();
 }
+
+/// Pids of the lazy layer servers of this test's daemon.
+fn lazy_servers(wd: &Path) -> Vec<i32> {
+    let wd = wd.to_str().unwrap().to_owned();
+    processes_mentioning(&wd)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"lazy-serve"))
+        })
+        .collect()
+}
+
+#[test]
+fn lazy_mounts_survive_a_kill9_of_the_daemon() {
+    let mut env = Env::new("srunlazy9");
+    let (built, _) = lazy_busybox();
+    let image = env.push("lazybox:k9", &built);
+    let signal = env.wd().join("signal");
+    std::fs::create_dir(&signal).unwrap();
+    let mount = format!("{}:/signal", signal.display());
+    // Reads and hashes files of the lazy layer in a loop, saying when anything differs
+    // or fails; counts its rounds.
+    let script = "files='/bin/busybox /etc/passwd /etc/group /etc/motd'; \
+        first=$(busybox md5sum $files) || echo READFAIL; n=0; \
+        while [ ! -e /signal/stop ]; do \
+          cur=$(busybox md5sum $files) || echo READFAIL; \
+          [ \"$cur\" = \"$first\" ] || echo DIFF; \
+          n=$((n+1)); echo $n > /signal/rounds; \
+        done; echo rounds $n";
+    env.run_ok(&[
+        "-d", "--lazy", "--name", "reader", "--mount", &mount, &image, "sh", "-c", script,
+    ]);
+    env.wait_status("reader", "running");
+    let servers = lazy_servers(env.wd());
+    assert_eq!(servers.len(), 1, "one server per lazy layer: {servers:?}");
+    let rounds = || {
+        std::fs::read_to_string(signal.join("rounds"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+
+    env.d.kill9();
+    // With the daemon gone the page cache is dropped: the reads go to FUSE again.
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let before = rounds();
+    wait_for(
+        || format!("the reader to go on past round {before}"),
+        || (rounds() > before + 20).then_some(()),
+    );
+    assert_eq!(
+        lazy_servers(env.wd()),
+        servers,
+        "the server outlives the daemon"
+    );
+
+    // A restarted daemon adopts the mount instead of serving it again.
+    env.d.restart(&[]);
+    env.wait_status("reader", "running");
+    assert_eq!(lazy_servers(env.wd()), servers);
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let before = rounds();
+    wait_for(
+        || format!("the reader to go on past round {before}"),
+        || (rounds() > before + 20).then_some(()),
+    );
+    std::fs::write(signal.join("stop"), b"").unwrap();
+    env.wait_status("reader", "exited (0)");
+    let logs = stdout(&env.ok(&["logs", "reader"]));
+    assert!(logs.contains("rounds "), "{logs}");
+    assert!(
+        !logs.contains("READFAIL") && !logs.contains("DIFF"),
+        "{logs}"
+    );
+    let errs = stderr(&env.ok(&["logs", "reader"]));
+    assert!(errs.trim().is_empty(), "the reader saw errors: {errs}");
+
+    // Removing the image's snapshots unmounts the lazy layer; its server exits.
+    env.ok(&["rm", "reader"]);
+    env.ok(&["images", "rm", &image]);
+    env.ok(&["gc"]);
+    wait_for(
+        || "the lazy layer's server to exit".to_owned(),
+        || lazy_servers(env.wd()).is_empty().then_some(()),
+    );
+    env.assert_nothing_left();
+}

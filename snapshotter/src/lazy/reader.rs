@@ -227,6 +227,11 @@ impl LayerReader {
         self.complete.load(Ordering::SeqCst)
     }
 
+    /// Whether [`LayerReader::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
     /// Stops the background fetch (the layer is being removed).
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
