@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# lazy-bench: time from the command to the first line of output of the image's own Python
+# (`-c 'import json, decimal, asyncio; print("ok")'`) in the python-like image of
+# pull-bench.sh, converted with `strata convert --estargz`:
+#
+#   strata-lazy   `strata run --lazy REF python ...` (nothing pulled before)
+#   strata-full   `strata pull REF` (the plain gzip image) + `strata run REF python ...`
+#   containerd    `ctr images pull` + `ctr run` of the plain gzip image (containerd 1.6)
+#
+#   benches/lazy-bench.sh [--runs N] [--only "strata-lazy strata-full containerd"]
+#
+# Every run gets a fresh loop-mounted ext4 and a fresh daemon; the tools alternate, run for
+# run; medians of N (default 5). Also printed: the bytes strata-lazy fetched from the
+# registry by the first output (the lazy servers' own counters) against the image's size.
+# Needs what pull-bench.sh needs (root, a built strata, containerd, ctr, runc,
+# docker-registry, skopeo, debootstrap).
+set -euo pipefail
+
+runs=5 tools="strata-lazy strata-full containerd"
+while (($#)); do
+    case "$1" in
+        --runs) runs="$2"; shift 2 ;;
+        --only) tools="$2"; shift 2 ;;
+        *) echo "usage: $0 [--runs N] [--only TOOLS]" >&2; exit 2 ;;
+    esac
+done
+
+here="$(cd -- "$(dirname -- "$0")/.." && pwd -P)"
+# shellcheck source=../tests/harness/lib.sh
+source "$here/tests/harness/lib.sh"
+log() { echo "lazy-bench: $*" >&2; }
+# shellcheck source=lib.sh
+source "$here/benches/lib.sh"
+strata="${STRATA_BIN:-${CARGO_TARGET_DIR:-$here/target}/debug/strata}"
+[[ -x "$strata" ]] || { echo "no strata binary at $strata (cargo build first, or set STRATA_BIN)" >&2; exit 1; }
+
+code='import json, decimal, asyncio; print("ok")'
+
+# first_line T0 CMD... — runs CMD, prints the seconds from T0 to its first line of output.
+first_line() {
+    local t0="$1"; shift
+    local line t1
+    exec 3< <("$@" 2>&1)
+    IFS= read -r line <&3 || true
+    t1="$(now)"
+    cat <&3 >/dev/null || true
+    exec 3<&-
+    [[ "$line" == ok ]] || { log "unexpected first line: $line"; exit 1; }
+    echo "$t1 - $t0" | bc -l
+}
+
+start_strata() {
+    local sock="$mnt/run/strata.sock"
+    STRATA_LOG=warn setsid "$strata" serve --root "$mnt/root" --address "$sock" \
+        </dev/null >>"$cache/strata.log" 2>&1 &
+    s_pid=$!
+    until "$strata" --address "$sock" version >/dev/null 2>&1; do sleep 0.05; done
+    S=("$strata" --address "$sock")
+}
+
+stop_strata() {
+    local id
+    for id in $("${S[@]}" ps -q 2>/dev/null); do "${S[@]}" rm -f "$id" >/dev/null 2>&1 || true; done
+    kill -TERM "$s_pid" 2>/dev/null || true
+    wait "$s_pid" 2>/dev/null || true
+    # Lazy layers' servers outlive the daemon by design; the benchmark's go with its fs.
+    pkill -f "lazy-serve .*$mnt/" 2>/dev/null || true
+}
+
+# Bytes the lazy servers fetched, from their counters.
+lazy_fetched() {
+    cat "$mnt"/root/snapshots/lazy/snapshots/*/lazy/stats.json 2>/dev/null \
+        | grep -o '"fetched":[0-9]*' | cut -d: -f2 | awk '{s+=$1} END{print s+0}'
+}
+
+strata-lazy_run() {
+    fresh_fs
+    start_strata
+    local t0 t
+    t0="$(now)"
+    t="$(first_line "$t0" "${S[@]}" run --rm --lazy --plain-http "$lazy_ref" "$py/bin/python3" -c "$code")"
+    sleep 0.3 # the servers publish their counters every 200 ms
+    echo "$t $(lazy_fetched)"
+    stop_strata
+    drop_fs
+}
+
+strata-full_run() {
+    fresh_fs
+    start_strata
+    local t0 t
+    t0="$(now)"
+    t="$(first_line "$t0" bash -c '"$@" pull --plain-http "$R" >/dev/null && "$@" run --rm --plain-http "$R" "$P" -c "$C"' \
+        _ "${S[@]}")"
+    echo "$t 0"
+    stop_strata
+    drop_fs
+}
+
+containerd_run() {
+    fresh_fs
+    local wd="$mnt/ctr"
+    mkdir -p "$wd/runc" "$wd/fifo"
+    STRATA_BUILTIN_CONTENT=1 STRATA_CONTAINERD_LOG_LEVEL=warn start_containerd "$wd" >/dev/null
+    local c=(ctr --address "$wd/containerd.sock" -n default)
+    local t0 t
+    t0="$(now)"
+    t="$(first_line "$t0" bash -c '"$@" images pull --plain-http --snapshotter overlayfs "$R" >/dev/null </dev/null &&
+        "$@" run --rm --runc-root "$W/runc" --fifo-dir "$W/fifo" --snapshotter overlayfs "$R" bench "$P" -c "$C" </dev/null' \
+        _ "${c[@]}")"
+    echo "$t 0"
+    stop_containerd "$wd" >/dev/null 2>&1
+    drop_fs
+}
+
+trap 'stop_strata 2>/dev/null; drop_fs; stop_registry "$cache/registry" >/dev/null 2>&1 || true' EXIT
+s_pid="" S=("$strata")
+build_layers
+make_layout gzip
+mkdir -p "$cache/registry"
+stop_registry "$cache/registry" >/dev/null 2>&1 || true
+hostport="$(start_registry "$cache/registry")"
+plain_ref="$hostport/bench/python:gzip" lazy_ref="$hostport/bench/python:estargz"
+skopeo --insecure-policy copy --quiet --dest-tls-verify=false "oci:$cache/oci-gzip:gzip" "docker://$plain_ref" >/dev/null
+log "strata convert --estargz $plain_ref $lazy_ref"
+"$strata" convert --estargz --plain-http "$plain_ref" "$lazy_ref" >"$cache/convert.out"
+py="$(cat "$cache/layers/python")"
+image_bytes="$(grep -o '([0-9]* bytes' "$cache/convert.out" | tr -dc '0-9\n' | awk '{s+=$1} END{print s}')"
+export R="$plain_ref" P="$py/bin/python3" C="$code" W="$mnt/ctr"
+echo "lazy-bench: $py in a $((image_bytes / 1000000)) MB eStargz image; $runs runs each, alternating"
+
+read -r -a order <<<"$tools"
+declare -A times fetched
+for ((i = 0; i < runs; i++)); do
+    # Rotate which tool goes first.
+    for ((k = 0; k < ${#order[@]}; k++)); do
+        tool="${order[$(((i + k) % ${#order[@]}))]}"
+        read -r t f < <("${tool}_run")
+        log "$tool run $((i + 1)): ${t}s${f:+, fetched $f bytes}"
+        times[$tool]+="$t " fetched[$tool]+="$f "
+    done
+done
+
+base=""
+[[ " $tools " == *" containerd "* ]] && base="$(echo "${times[containerd]}" | median)"
+printf '%-12s %14s %10s %s\n' tool "first out s" "ratio" "runs (s)"
+for tool in "${order[@]}"; do
+    m="$(echo "${times[$tool]}" | median)"
+    ratio="-"
+    [[ -n "$base" ]] && ratio="$(printf '%.3f' "$(echo "$m / $base" | bc -l)")"
+    printf '%-12s %14.2f %10s %s\n' "$tool" "$m" "$ratio" "${times[$tool]}"
+done
+if [[ -n "${fetched[strata-lazy]:-}" ]]; then
+    f="$(echo "${fetched[strata-lazy]}" | median)"
+    printf 'strata-lazy fetched %.1f MB of %.1f MB (%.1f%%) by its first output\n' \
+        "$(echo "$f / 1000000" | bc -l)" "$(echo "$image_bytes / 1000000" | bc -l)" \
+        "$(echo "100 * $f / $image_bytes" | bc -l)"
+fi
