@@ -36,16 +36,22 @@ strata="${STRATA_BIN:-${CARGO_TARGET_DIR:-$here/target}/debug/strata}"
 
 code='import json, decimal, asyncio; print("ok")'
 
-# first_line T0 CMD... — runs CMD, prints the seconds from T0 to its first line of output.
+# first_line T0 CMD... — runs CMD, prints the seconds from T0 to the Python's first line
+# of output ("ok"; lines a pull prints before it are skipped).
 first_line() {
     local t0="$1"; shift
-    local line t1
+    local line t1=""
     exec 3< <("$@" 2>&1)
-    IFS= read -r line <&3 || true
-    t1="$(now)"
+    while IFS= read -r line <&3; do
+        if [[ "$line" == ok ]]; then
+            t1="$(now)"
+            break
+        fi
+        echo "$line" >>"$cache/lazy-bench.out"
+    done
     cat <&3 >/dev/null || true
     exec 3<&-
-    [[ "$line" == ok ]] || { log "unexpected first line: $line"; exit 1; }
+    [[ -n "$t1" ]] || { log "no output from: $*"; tail -n 5 "$cache/lazy-bench.out" >&2; exit 1; }
     echo "$t1 - $t0" | bc -l
 }
 
@@ -63,8 +69,12 @@ stop_strata() {
     for id in $("${S[@]}" ps -q 2>/dev/null); do "${S[@]}" rm -f "$id" >/dev/null 2>&1 || true; done
     kill -TERM "$s_pid" 2>/dev/null || true
     wait "$s_pid" 2>/dev/null || true
-    # Lazy layers' servers outlive the daemon by design; the benchmark's go with its fs.
-    pkill -f "lazy-serve .*$mnt/" 2>/dev/null || true
+    # Lazy layers' servers outlive the daemon by design; the benchmark's go with its fs
+    # (all of them gone before it is unmounted, or its loop device stays busy).
+    pkill -KILL -f "lazy-serve .*$mnt/" 2>/dev/null || true
+    local n=0
+    while pgrep -f "lazy-serve .*$mnt/" >/dev/null && ((n++ < 100)); do sleep 0.05; done
+    grep -F " $mnt/" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount 2>/dev/null || true
 }
 
 # Bytes the lazy servers fetched, from their counters.
@@ -122,8 +132,12 @@ stop_registry "$cache/registry" >/dev/null 2>&1 || true
 hostport="$(start_registry "$cache/registry")"
 plain_ref="$hostport/bench/python:gzip" lazy_ref="$hostport/bench/python:estargz"
 skopeo --insecure-policy copy --quiet --dest-tls-verify=false "oci:$cache/oci-gzip:gzip" "docker://$plain_ref" >/dev/null
-log "strata convert --estargz $plain_ref $lazy_ref"
-"$strata" convert --estargz --plain-http "$plain_ref" "$lazy_ref" >"$cache/convert.out"
+# The registry's storage persists in $cache/registry: convert once.
+if ! grep -q ': converted ' "$cache/convert.out" 2>/dev/null; then
+    log "strata convert --estargz $plain_ref $lazy_ref"
+    "$strata" convert --estargz --plain-http "$plain_ref" "$lazy_ref" >"$cache/convert.tmp"
+    mv "$cache/convert.tmp" "$cache/convert.out"
+fi
 py="$(cat "$cache/layers/python")"
 image_bytes="$(grep -o '([0-9]* bytes' "$cache/convert.out" | tr -dc '0-9\n' | awk '{s+=$1} END{print s}')"
 export R="$plain_ref" P="$py/bin/python3" C="$code" W="$mnt/ctr"

@@ -1713,3 +1713,53 @@ fn lazy_mounts_survive_a_kill9_of_the_daemon() {
     );
     env.assert_nothing_left();
 }
+
+#[test]
+fn the_snapshots_api_answers_the_remote_handshake_with_a_lazy_layer() {
+    use strata_snapshotter::estargz::{TOC_DIGEST_ANNOTATION, WriteOptions, write_estargz};
+    let env = Env::new("srunlazyapi");
+    let base = images::busybox_tar(&Passwd::Default);
+    let mut blob = Vec::new();
+    let w = write_estargz(&base[..], &mut blob, &WriteOptions::default()).unwrap();
+    let digest = env.reg.push_blob("handshake", &blob);
+    let chain = w.diff_id.to_string();
+    // What `ctr-remote images rpull` sends for a layer (stargz's label family).
+    let label = |k: &str, v: &str| format!("{k}={v}");
+    let reference = format!("{}/handshake:1", env.reg.hostport);
+    let labels = [
+        label("containerd.io/snapshot.ref", &chain),
+        label(TOC_DIGEST_ANNOTATION, &w.toc_digest.to_string()),
+        label("containerd.io/snapshot/remote/stargz.reference", &reference),
+        label("containerd.io/snapshot/remote/stargz.digest", &digest),
+    ];
+    let mut args = vec!["snapshots", "--snapshotter", "lazy", "prepare"];
+    for l in &labels {
+        args.extend(["--label", l.as_str()]);
+    }
+    let key = format!("extract-1 {chain}");
+    args.push(&key);
+    let out = env.cli(&args);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(stderr(&out).contains("already exists"), "{}", show(&out));
+    let info = stdout(&env.ok(&["snapshots", "--snapshotter", "lazy", "info", &chain]));
+    assert!(info.contains("containerd.io/snapshot/remote"), "{info}");
+    assert_eq!(lazy_servers(env.wd()).len(), 1);
+    // The committed layer is the FUSE mount, reading through the registry.
+    let snaps = env.d.root.join("snapshots/lazy/snapshots");
+    let fs: Vec<PathBuf> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("fs"))
+        .filter(|p| p.join("etc").exists())
+        .collect();
+    assert_eq!(fs.len(), 1, "{fs:?}");
+    assert_eq!(
+        std::fs::read_to_string(fs[0].join("etc/passwd")).unwrap(),
+        images::PASSWD
+    );
+    env.ok(&["snapshots", "--snapshotter", "lazy", "rm", &chain]);
+    wait_for(
+        || "the lazy layer's server to exit".to_owned(),
+        || lazy_servers(env.wd()).is_empty().then_some(()),
+    );
+}

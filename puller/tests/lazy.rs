@@ -29,6 +29,19 @@ use strata_testkit::{Snapshot, Tar, require_root};
 /// `security.capability` v2 granting CAP_NET_BIND_SERVICE.
 const CAPS: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
+/// Bytes that do not compress (xorshift).
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
 fn layer() -> Vec<u8> {
     let mut t = Tar::new();
     let big: Vec<u8> = (0..(600u32 << 10))
@@ -58,7 +71,8 @@ fn layer() -> Vec<u8> {
         .file(".wh.gone", b"")
         .dir("opaque")
         .file("opaque/.wh..wh..opq", b"")
-        .file("opaque/new", b"new");
+        .file("opaque/new", b"new")
+        .file("zz/noise.bin", &noise(2 << 20));
     t.finish()
 }
 
@@ -134,7 +148,8 @@ fn the_lazy_tree_is_the_full_unpack() {
     let (lazy, blob) = Lazy::new(&tar, 64 << 10);
     let at = lazy.path();
 
-    // One small read fetches a small part of the blob.
+    // One small read fetches a small part of the blob (its chunk and the small files
+    // next to it, not the large ones).
     assert_eq!(std::fs::read(at.join("home/user/owned")).unwrap(), b"mine");
     assert!(
         lazy.fetched() < lazy.blob_size / 10,
@@ -156,7 +171,7 @@ fn the_lazy_tree_is_the_full_unpack() {
     }
     // A whiteout's time, and that of a directory the layer has no entry for, is when the
     // unpack made it; the lazy tree has no such moment.
-    for made in ["gone", "usr", "usr/lib", "usr/share"] {
+    for made in ["gone", "usr", "usr/lib", "usr/share", "zz"] {
         want.get_mut(Path::new(made)).unwrap().mtime = (0, 0);
     }
     let got = without_ino(Snapshot::of(&at));
@@ -449,4 +464,38 @@ fn after_the_background_fetch_the_registry_is_not_needed() {
         tree.0[Path::new("home/user/owned")].content.as_deref(),
         Some(&b"mine"[..])
     );
+}
+
+#[test]
+fn identical_files_side_by_side_are_read_concurrently() {
+    require_root!();
+    // Same content, so same chunk digests, next to each other in the blob: one read
+    // fetches several of them in one run.
+    let mut t = Tar::new();
+    for i in 0..40 {
+        t.file(&format!("pkg/m{i:02}.py"), b"# the same module\n");
+        t.file(
+            &format!("pkg/u{i:02}.py"),
+            format!("unique {i}\n").as_bytes(),
+        );
+    }
+    let (lazy, _) = Lazy::new(&t.finish(), 64 << 10);
+    let at = lazy.path();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for k in 0..8 {
+        let (at, tx) = (at.clone(), tx.clone());
+        std::thread::spawn(move || {
+            for i in (0..40).map(|i| (i + k * 5) % 40) {
+                let m = std::fs::read(at.join(format!("pkg/m{i:02}.py"))).unwrap();
+                let u = std::fs::read(at.join(format!("pkg/u{i:02}.py"))).unwrap();
+                assert_eq!(m, b"# the same module\n");
+                assert_eq!(u, format!("unique {i}\n").as_bytes());
+            }
+            tx.send(()).unwrap();
+        });
+    }
+    for _ in 0..8 {
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a reader is stuck (or failed)");
+    }
 }

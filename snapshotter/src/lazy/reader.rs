@@ -19,6 +19,11 @@ use crate::{Error, ErrorKind, Result};
 
 /// Largest compressed range fetched in one request when coalescing chunks.
 const MAX_COALESCED: u64 = 16 << 20;
+/// How far past a read's chunks an on-demand fetch reaches, in compressed bytes: the
+/// small files next to the one read (a package's other modules) come in the same request.
+const READ_AROUND: u64 = 512 << 10;
+/// Neighbours larger than this (compressed) are left for when they are read.
+const SMALL_NEIGHBOUR: u64 = 32 << 10;
 /// Largest range of one background request: small enough that an on-demand read waits
 /// little behind it.
 const BACKGROUND_STEP: u64 = 4 << 20;
@@ -38,6 +43,8 @@ pub struct LayerReader {
     stopped: AtomicBool,
     /// Set once every chunk is local: the registry is no longer needed.
     complete: AtomicBool,
+    /// Every chunk as (node index, chunk index), in blob order.
+    order: Vec<(u32, u32)>,
 }
 
 impl std::fmt::Debug for LayerReader {
@@ -59,7 +66,20 @@ impl LayerReader {
     ) -> Result<Self> {
         let chunks = cache.join("chunks");
         std::fs::create_dir_all(&chunks).map_err(|e| Error::io("create", &chunks, e))?;
+        let mut order: Vec<(u32, u32)> = Vec::new();
+        for (n, node) in tree.nodes.iter().enumerate() {
+            for c in 0..node.chunks.len() {
+                order.push((n as u32, c as u32));
+            }
+        }
+        let key = |&(n, c): &(u32, u32)| {
+            let ch = &tree.nodes[n as usize].chunks[c as usize];
+            (ch.blob_offset, ch.inner_offset)
+        };
+        order.sort_by_key(key);
+        // A hard-linked file is one node: its chunks appear once.
         Ok(LayerReader {
+            order,
             tree,
             src,
             blob,
@@ -116,7 +136,7 @@ impl LayerReader {
         let last = node.chunks.partition_point(|c| c.file_offset < end);
         let wanted = &node.chunks[first..last];
         self.demand.fetch_add(1, Ordering::SeqCst);
-        let ensured = self.ensure(wanted.iter());
+        let ensured = self.ensure(self.with_neighbours(wanted).into_iter());
         self.demand.fetch_sub(1, Ordering::SeqCst);
         ensured?;
         let mut out = Vec::with_capacity((end - offset) as usize);
@@ -131,6 +151,31 @@ impl LayerReader {
                 .map_err(|e| Error::io("read", &path, e))?;
         }
         Ok(out)
+    }
+
+    /// `wanted` (consecutive chunks of one file) and the small chunks that follow them in
+    /// the blob, adjacent, up to [`READ_AROUND`] bytes from the first.
+    fn with_neighbours<'a>(&'a self, wanted: &'a [Chunk]) -> Vec<&'a Chunk> {
+        let mut out: Vec<&Chunk> = wanted.iter().collect();
+        let (Some(first), Some(last)) = (wanted.first(), wanted.last()) else {
+            return out;
+        };
+        let chunk = |&(n, c): &(u32, u32)| &self.tree.nodes[n as usize].chunks[c as usize];
+        let key = |c: &Chunk| (c.blob_offset, c.inner_offset);
+        let mut pos = self.order.partition_point(|e| key(chunk(e)) <= key(last));
+        let mut prev = last;
+        while let Some(e) = self.order.get(pos) {
+            let c = chunk(e);
+            let adjacent = c.blob_offset == prev.blob_end || c.blob_offset == prev.blob_offset;
+            let small = c.blob_end - c.blob_offset <= SMALL_NEIGHBOUR;
+            if !adjacent || !small || c.blob_end.saturating_sub(first.blob_offset) > READ_AROUND {
+                break;
+            }
+            out.push(c);
+            prev = c;
+            pos += 1;
+        }
+        out
     }
 
     /// Brings `chunks` (in blob order) into the cache.
@@ -159,7 +204,12 @@ impl LayerReader {
     }
 
     fn fetch_run(&self, run: &[&Chunk]) -> Result<()> {
-        let locks: Vec<_> = run.iter().map(|c| self.lock(c)).collect();
+        // One lock per distinct digest (identical files share chunks), taken in digest
+        // order, so two runs over the same chunks never wait on each other in a cycle.
+        let mut keys: Vec<&Chunk> = run.to_vec();
+        keys.sort_by(|a, b| a.digest.hex().cmp(b.digest.hex()));
+        keys.dedup_by(|a, b| a.digest == b.digest);
+        let locks: Vec<_> = keys.iter().map(|c| self.lock(c)).collect();
         let _guards: Vec<_> = locks
             .iter()
             .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
