@@ -1740,7 +1740,7 @@ fn the_snapshots_api_answers_the_remote_handshake_with_a_lazy_layer() {
     args.push(&key);
     let out = env.cli(&args);
     assert!(!out.status.success(), "{}", show(&out));
-    assert!(stderr(&out).contains("already exists"), "{}", show(&out));
+    assert!(stderr(&out).contains("AlreadyExists"), "{}", show(&out));
     let info = stdout(&env.ok(&["snapshots", "--snapshotter", "lazy", "info", &chain]));
     assert!(info.contains("containerd.io/snapshot/remote"), "{info}");
     assert_eq!(lazy_servers(env.wd()).len(), 1);
