@@ -60,7 +60,11 @@ start_strata() {
     STRATA_LOG=warn setsid "$strata" serve --root "$mnt/root" --address "$sock" \
         </dev/null >>"$cache/strata.log" 2>&1 &
     s_pid=$!
-    until "$strata" --address "$sock" version >/dev/null 2>&1; do sleep 0.05; done
+    local n=0
+    until "$strata" --address "$sock" version >/dev/null 2>&1; do
+        ((n++ < 600)) || { log "strata serve did not start"; tail -n 5 "$cache/strata.log" >&2; exit 1; }
+        sleep 0.05
+    done
     S=("$strata" --address "$sock")
 }
 
@@ -68,6 +72,9 @@ stop_strata() {
     local id
     for id in $("${S[@]}" ps -q 2>/dev/null); do "${S[@]}" rm -f "$id" >/dev/null 2>&1 || true; done
     kill -TERM "$s_pid" 2>/dev/null || true
+    local n=0
+    while kill -0 "$s_pid" 2>/dev/null && ((n++ < 200)); do sleep 0.05; done
+    kill -KILL "$s_pid" 2>/dev/null || true
     wait "$s_pid" 2>/dev/null || true
     # Lazy layers' servers outlive the daemon by design; the benchmark's go with its fs
     # (all of them gone before it is unmounted, or its loop device stays busy).
@@ -149,7 +156,11 @@ for ((i = 0; i < runs; i++)); do
     # Rotate which tool goes first.
     for ((k = 0; k < ${#order[@]}; k++)); do
         tool="${order[$(((i + k) % ${#order[@]}))]}"
+        # A filesystem of its own per run: nothing one run leaves can reach the next.
+        mnt="$cache/mnt-$i-$tool" fs_img="$cache/fs-$i-$tool.img" W="$cache/mnt-$i-$tool/ctr"
+        export W
         read -r t f < <("${tool}_run")
+        rmdir "$mnt" 2>/dev/null || true
         log "$tool run $((i + 1)): ${t}s${f:+, fetched $f bytes}"
         times[$tool]+="$t " fetched[$tool]+="$f "
     done
