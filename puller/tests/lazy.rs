@@ -14,7 +14,7 @@ use blobs::MemSource;
 use strata_proto::ErrorKind;
 use strata_puller::{Limits, WhiteoutMode, apply_layer};
 use strata_snapshotter::estargz::{
-    TOC_DIGEST_ANNOTATION, TocLimits, WriteOptions, fetch_tree, write_estargz,
+    TOC_DIGEST_ANNOTATION, TocLimits, WriteOptions, Written, fetch_tree, write_estargz,
 };
 use strata_snapshotter::lazy::backend::{
     CRI_IMAGE_REF_LABEL, CRI_LAYER_DIGEST_LABEL, REMOTE_LABEL, STARGZ_DIGEST_LABEL,
@@ -245,6 +245,13 @@ fn a_cached_chunk_is_not_fetched_twice() {
     assert_eq!(lazy.fetched(), fetched);
 }
 
+/// `layer()` written as eStargz with `opts`, served from memory.
+fn estargz_source(opts: &WriteOptions) -> (Arc<MemSource>, Written) {
+    let mut blob = Vec::new();
+    let w = write_estargz(&layer()[..], &mut blob, opts).unwrap();
+    (Arc::new(MemSource::new(blob)), w)
+}
+
 /// The labels containerd's unpacker sends for layer `blob` (CRI family, or stargz's).
 fn handshake_labels(chain: &str, src: &MemSource, toc: &str, stargz: bool) -> Labels {
     let mut l = Labels::new();
@@ -263,10 +270,7 @@ fn handshake_labels(chain: &str, src: &MemSource, toc: &str, stargz: bool) -> La
 #[test]
 fn the_lazy_backend_commits_layers_in_the_handshake() {
     require_root!();
-    let tar = layer();
-    let mut blob = Vec::new();
-    let w = write_estargz(&tar[..], &mut blob, &WriteOptions::default()).unwrap();
-    let src = Arc::new(MemSource::new(blob));
+    let (src, w) = estargz_source(&WriteOptions::default());
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("lazy");
     let opts = LazyOptions {
@@ -373,14 +377,11 @@ fn the_lazy_backend_commits_layers_in_the_handshake() {
 #[test]
 fn prioritized_files_are_fetched_at_mount() {
     require_root!();
-    let mut blob = Vec::new();
-    let opts = WriteOptions {
+    let (src, w) = estargz_source(&WriteOptions {
         chunk_size: 64 << 10,
         prefetch: vec!["usr/lib/big.so".into(), "bin/su".into()],
         ..Default::default()
-    };
-    let w = write_estargz(&layer()[..], &mut blob, &opts).unwrap();
-    let src = Arc::new(MemSource::new(blob));
+    });
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("lazy");
     let opts = LazyOptions {
@@ -425,13 +426,10 @@ fn prioritized_files_are_fetched_at_mount() {
 #[test]
 fn after_the_background_fetch_the_registry_is_not_needed() {
     require_root!();
-    let mut blob = Vec::new();
-    let opts = WriteOptions {
+    let (src, w) = estargz_source(&WriteOptions {
         chunk_size: 64 << 10,
         ..Default::default()
-    };
-    let w = write_estargz(&layer()[..], &mut blob, &opts).unwrap();
-    let src = Arc::new(MemSource::new(blob));
+    });
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("lazy");
     let opts = LazyOptions {

@@ -278,22 +278,13 @@ impl RegistryClient {
             None => (0, desc.size),
         };
         let partial = start > 0 || end < desc.size;
-        let req = Req {
-            method: Method::GET,
-            repo: reference.repository(),
-            path: format!("/blobs/{}", desc.digest),
-            accept: None,
-            range: partial.then(|| (start, end - 1)),
-            body: None,
-            url: None,
-        };
-        let hosts = self.hosts(
-            reference.registry(),
-            Capabilities {
-                pull: true,
-                ..Default::default()
-            },
-        )?;
+        let mut req = Req::new(
+            Method::GET,
+            reference.repository(),
+            format!("/blobs/{}", desc.digest),
+        );
+        req.range = partial.then(|| (start, end - 1));
+        let hosts = self.hosts(reference.registry(), Capabilities::PULL)?;
         let mut errors = HostErrors::default();
         for host in &hosts {
             let resp = match self.send_host(host, &req).await {
@@ -379,22 +370,12 @@ impl RegistryClient {
     /// The size of blob `digest` in `reference`'s repository, from a HEAD request.
     pub async fn blob_size(&self, reference: &Reference, digest: &Digest) -> Result<u64> {
         let what = format!("blob {digest} of {}", reference.name());
-        let req = Req {
-            method: Method::HEAD,
-            repo: reference.repository(),
-            path: format!("/blobs/{digest}"),
-            accept: None,
-            range: None,
-            body: None,
-            url: None,
-        };
-        let hosts = self.hosts(
-            reference.registry(),
-            Capabilities {
-                pull: true,
-                ..Default::default()
-            },
-        )?;
+        let req = Req::new(
+            Method::HEAD,
+            reference.repository(),
+            format!("/blobs/{digest}"),
+        );
+        let hosts = self.hosts(reference.registry(), Capabilities::PULL)?;
         let mut errors = HostErrors::default();
         for host in &hosts {
             match self.send_host(host, &req).await {

@@ -52,6 +52,20 @@ impl Capabilities {
         push: true,
     };
 
+    /// Fetching by digest only.
+    pub const PULL: Capabilities = Capabilities {
+        pull: true,
+        resolve: false,
+        push: false,
+    };
+
+    /// Pushing only.
+    pub const PUSH: Capabilities = Capabilities {
+        pull: false,
+        resolve: false,
+        push: true,
+    };
+
     /// Whether every capability in `need` is present.
     pub fn contains(self, need: Capabilities) -> bool {
         (self.pull || !need.pull) && (self.resolve || !need.resolve) && (self.push || !need.push)

@@ -14,12 +14,6 @@ use crate::hosts::Capabilities;
 use crate::reference::Reference;
 use crate::{Error, Result};
 
-const PUSH: Capabilities = Capabilities {
-    pull: false,
-    resolve: false,
-    push: true,
-};
-
 impl RegistryClient {
     /// Uploads `data` as blob `digest` of `reference`'s repository, unless it is there.
     pub async fn push_blob(
@@ -31,7 +25,7 @@ impl RegistryClient {
         let what = format!("push blob {digest} to {}", reference.name());
         let repo = reference.repository();
         let mut errors = HostErrors::default();
-        for host in &self.hosts(reference.registry(), PUSH)? {
+        for host in &self.hosts(reference.registry(), Capabilities::PUSH)? {
             let head = Req::new(Method::HEAD, repo, format!("/blobs/{digest}"));
             if self.send_host(host, &head).await.is_ok() {
                 return Ok(());
@@ -94,7 +88,7 @@ impl RegistryClient {
         };
         let what = format!("push manifest {} to {}", object, reference.name());
         let mut errors = HostErrors::default();
-        for host in &self.hosts(reference.registry(), PUSH)? {
+        for host in &self.hosts(reference.registry(), Capabilities::PUSH)? {
             let mut put = Req::new(
                 Method::PUT,
                 reference.repository(),

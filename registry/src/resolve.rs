@@ -58,10 +58,7 @@ impl RegistryClient {
     /// agree with the body).
     pub async fn resolve(&self, reference: &Reference) -> Result<Resolved> {
         let need = if reference.digest().is_some() {
-            Capabilities {
-                pull: true,
-                ..Default::default()
-            }
+            Capabilities::PULL
         } else {
             Capabilities {
                 pull: true,
@@ -130,15 +127,12 @@ impl RegistryClient {
         reference: &Reference,
         object: &str,
     ) -> Result<(Bytes, Option<String>, Option<String>)> {
-        let req = Req {
-            method: Method::GET,
-            repo: reference.repository(),
-            path: format!("/manifests/{object}"),
-            accept: Some(MANIFEST_ACCEPT),
-            range: None,
-            body: None,
-            url: None,
-        };
+        let mut req = Req::new(
+            Method::GET,
+            reference.repository(),
+            format!("/manifests/{object}"),
+        );
+        req.accept = Some(MANIFEST_ACCEPT);
         let resp = self.send_host(host, &req).await?;
         let header = |name: &str| {
             resp.headers()
@@ -167,13 +161,7 @@ impl RegistryClient {
     ) -> Result<(ManifestKind, Bytes)> {
         check_document_size(desc, "manifest")?;
         let expected = ManifestKind::of_media_type(&desc.media_type);
-        let hosts = self.hosts(
-            reference.registry(),
-            Capabilities {
-                pull: true,
-                ..Default::default()
-            },
-        )?;
+        let hosts = self.hosts(reference.registry(), Capabilities::PULL)?;
         let mut errors = HostErrors::default();
         for host in &hosts {
             let got = async {
@@ -200,23 +188,13 @@ impl RegistryClient {
     /// Fetches a small blob (a config) whole, capped at [`MAX_DOCUMENT_SIZE`] and verified.
     pub async fn fetch_document(&self, reference: &Reference, desc: &Descriptor) -> Result<Bytes> {
         check_document_size(desc, "config")?;
-        let hosts = self.hosts(
-            reference.registry(),
-            Capabilities {
-                pull: true,
-                ..Default::default()
-            },
-        )?;
+        let hosts = self.hosts(reference.registry(), Capabilities::PULL)?;
         let mut errors = HostErrors::default();
-        let req = Req {
-            method: Method::GET,
-            repo: reference.repository(),
-            path: format!("/blobs/{}", desc.digest),
-            accept: None,
-            range: None,
-            body: None,
-            url: None,
-        };
+        let req = Req::new(
+            Method::GET,
+            reference.repository(),
+            format!("/blobs/{}", desc.digest),
+        );
         for host in &hosts {
             let got = async {
                 let resp = self.send_host(host, &req).await?;
