@@ -22,12 +22,18 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use strata_puller::RegistryBlobs;
 use strata_puller::service::RegistrySettings;
-use strata_snapshotter::estargz::Tree;
-use strata_snapshotter::lazy::{LayerMounter, MountSpec, MountedLayer, serve};
-use strata_snapshotter::{Error, Result};
+use strata_snapshotter::lazy::{LayerMounter, MountSpec, MountedLayer, serve, tree_usage};
+use strata_snapshotter::{Error, Result, Usage};
 
 /// How long a server may take to mount its layer.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a server reports once its layer is mounted: `ready {"size":…,"inodes":…}`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Ready {
+    size: i64,
+    inodes: i64,
+}
 
 /// Counters a server publishes for the daemon.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -68,7 +74,7 @@ fn is_served(p: &Path) -> bool {
 }
 
 impl LayerMounter for ServerMounter {
-    fn mount(&self, spec: &MountSpec, _tree: Tree) -> Result<Box<dyn MountedLayer>> {
+    fn mount(&self, spec: &MountSpec) -> Result<Box<dyn MountedLayer>> {
         let spec_path = spec.lazy_dir.join("spec.json");
         let json = serde_json::to_vec(spec).map_err(|e| Error::internal("encode spec", e))?;
         std::fs::write(&spec_path, json).map_err(|e| Error::io("write", &spec_path, e))?;
@@ -107,7 +113,11 @@ impl LayerMounter for ServerMounter {
             let _ = tx.send(line);
         });
         let line = rx.recv_timeout(READY_TIMEOUT).unwrap_or_default();
-        if line.trim() != "ready" {
+        let ready = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|u| serde_json::from_str::<Ready>(u).ok());
+        let Some(ready) = ready else {
             let _ = child.kill();
             let _ = child.wait();
             let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -119,22 +129,35 @@ impl LayerMounter for ServerMounter {
                     spec.mountpoint.display()
                 ),
             ));
-        }
+        };
         // The server outlives this handle; reap it when it exits so no zombie stays.
         std::thread::spawn(move || {
             let _ = child.wait();
         });
-        Ok(Box::new(ServedLayer { spec: spec.clone() }))
+        Ok(Box::new(ServedLayer {
+            spec: spec.clone(),
+            usage: Usage {
+                size: ready.size,
+                inodes: ready.inodes,
+            },
+        }))
     }
 
     fn adopt(&self, spec: &MountSpec) -> Option<Box<dyn MountedLayer>> {
-        is_served(&spec.mountpoint).then(|| Box::new(ServedLayer { spec: spec.clone() }) as _)
+        // An adopted layer is committed already: its usage is on record.
+        is_served(&spec.mountpoint).then(|| {
+            Box::new(ServedLayer {
+                spec: spec.clone(),
+                usage: Usage::default(),
+            }) as _
+        })
     }
 }
 
 /// A layer served by a `strata lazy-serve` process.
 struct ServedLayer {
     spec: MountSpec,
+    usage: Usage,
 }
 
 impl ServedLayer {
@@ -153,6 +176,10 @@ impl MountedLayer for ServedLayer {
 
     fn is_complete(&self) -> bool {
         self.stats().complete
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
     }
 
     fn unmount(self: Box<Self>) -> Result<()> {
@@ -185,8 +212,13 @@ pub(crate) fn run(spec_path: &Path, registry: &RegistrySettings) -> anyhow::Resu
     let client = registry.client(false, None)?;
     let blobs = Arc::new(RegistryBlobs::new(client, rt.handle().clone()));
     let tree = spec.tree()?;
+    let usage = tree_usage(&tree);
     let mount = serve(&spec, tree, blobs)?;
-    println!("ready");
+    let ready = Ready {
+        size: usage.size,
+        inodes: usage.inodes,
+    };
+    println!("ready {}", serde_json::to_string(&ready)?);
     let reader = mount.reader().clone();
     let stats = stats_path(&spec);
     let publisher = std::thread::spawn(move || {

@@ -151,8 +151,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             hosts_dir,
             docker_config,
         } => {
+            // The daemon's STRATA_LOG reaches its servers through the environment.
+            let log = std::env::var("STRATA_LOG").unwrap_or_else(|_| "info".into());
             tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::try_new("info")?)
+                .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log)?)
                 .with_writer(std::io::stderr)
                 .init();
             let registry = strata_puller::service::RegistrySettings {

@@ -9,6 +9,7 @@
 
 use strata_proto::Digest;
 use strata_snapshotter::estargz::TOC_DIGEST_ANNOTATION;
+use strata_snapshotter::lazy::ahead::CRI_IMAGE_LAYERS_LABEL;
 use strata_snapshotter::lazy::backend::{
     CRI_IMAGE_REF_LABEL, CRI_LAYER_DIGEST_LABEL, REMOTE_LABEL,
 };
@@ -19,8 +20,15 @@ use crate::unpack::{EXTRACT_PREFIX, OWNER_LABEL, SNAPSHOT_REF_LABEL, unique};
 use crate::{ErrorKind, Result, ResultExt, UnpackTo};
 
 /// The labels of layer `desc`'s Prepare: the annotations containerd passes on
-/// (`containerd.io/snapshot/*`), the target chainID, where the blob is, the owner.
-fn handshake_labels(reference: &str, desc: &Descriptor, chain: &Digest, owner: &str) -> Labels {
+/// (`containerd.io/snapshot/*`), the target chainID, where the blob is, the layers from
+/// it to the top (`above`: their TOCs can be fetched ahead), the owner.
+fn handshake_labels(
+    reference: &str,
+    desc: &Descriptor,
+    above: &[Descriptor],
+    chain: &Digest,
+    owner: &str,
+) -> Labels {
     let mut l: Labels = desc
         .annotations
         .iter()
@@ -30,8 +38,26 @@ fn handshake_labels(reference: &str, desc: &Descriptor, chain: &Digest, owner: &
     l.insert(SNAPSHOT_REF_LABEL.into(), chain.to_string());
     l.insert(CRI_IMAGE_REF_LABEL.into(), reference.to_owned());
     l.insert(CRI_LAYER_DIGEST_LABEL.into(), desc.digest.to_string());
+    l.insert(CRI_IMAGE_LAYERS_LABEL.into(), image_layers(above));
     l.insert(OWNER_LABEL.into(), owner.to_owned());
     l
+}
+
+/// The digests of `layers`, comma-separated, as many as fit a label (4 KiB of key and
+/// value), as containerd's CRI writes `containerd.io/snapshot/cri.image-layers`.
+fn image_layers(layers: &[Descriptor]) -> String {
+    let mut out = String::new();
+    for d in layers {
+        let d = d.digest.to_string();
+        if CRI_IMAGE_LAYERS_LABEL.len() + out.len() + 1 + d.len() > 4096 {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&d);
+    }
+    out
 }
 
 /// Offers the layers to `to`'s snapshotter in chain order; returns, per layer, whether
@@ -61,7 +87,7 @@ pub(crate) fn mount_lazy(
         }
         let key = format!("{EXTRACT_PREFIX}{}/{chain}", unique());
         let parent = i.checked_sub(1).map(|p| chains[p].to_string());
-        let labels = handshake_labels(reference, desc, chain, owner);
+        let labels = handshake_labels(reference, desc, &layers[i..], chain, owner);
         match sn.prepare(&key, parent.as_deref(), labels) {
             Err(e) if e.is(ErrorKind::AlreadyExists) && committed(chain).is_some() => {
                 lazy[i] = committed(chain) == Some(true);

@@ -14,8 +14,9 @@ use blobs::MemSource;
 use strata_proto::ErrorKind;
 use strata_puller::{Limits, WhiteoutMode, apply_layer};
 use strata_snapshotter::estargz::{
-    TOC_DIGEST_ANNOTATION, TocLimits, WriteOptions, Written, fetch_tree, write_estargz,
+    FOOTER_SIZE, TOC_DIGEST_ANNOTATION, TocLimits, WriteOptions, Written, fetch_tree, write_estargz,
 };
+use strata_snapshotter::lazy::ahead::CRI_IMAGE_LAYERS_LABEL;
 use strata_snapshotter::lazy::backend::{
     CRI_IMAGE_REF_LABEL, CRI_LAYER_DIGEST_LABEL, REMOTE_LABEL, STARGZ_DIGEST_LABEL,
     STARGZ_REFERENCE_LABEL,
@@ -23,7 +24,9 @@ use strata_snapshotter::lazy::backend::{
 use strata_snapshotter::lazy::{LayerReader, LazyMount, LazyOptions, LazySnapshotter};
 use strata_snapshotter::mount::{mount_all, unmount_all};
 use strata_snapshotter::overlay::kernel_supports_index;
-use strata_snapshotter::{Cleanup, Kind, Labels, OverlayOptions, Snapshotter};
+use strata_snapshotter::{
+    BlobSource, Cleanup, Kind, Labels, OverlayOptions, RemoteBlob, Snapshotter,
+};
 use strata_testkit::{Snapshot, Tar, require_root};
 
 /// `security.capability` v2 granting CAP_NET_BIND_SERVICE.
@@ -265,6 +268,100 @@ fn handshake_labels(chain: &str, src: &MemSource, toc: &str, stargz: bool) -> La
     l.insert(r.into(), src.remote().reference);
     l.insert(d.into(), src.remote().digest.to_string());
     l
+}
+
+/// Several blobs behind one source, each served by its digest.
+struct Blobs(Vec<Arc<MemSource>>);
+
+impl Blobs {
+    fn of(&self, digest: &strata_proto::Digest) -> Result<&MemSource, strata_proto::Error> {
+        self.0
+            .iter()
+            .find(|s| &s.remote().digest == digest)
+            .map(|s| &**s)
+            .ok_or_else(|| strata_proto::Error::not_found(format!("blob {digest}")))
+    }
+}
+
+impl BlobSource for Blobs {
+    fn read_range(
+        &self,
+        blob: &RemoteBlob,
+        range: std::ops::Range<u64>,
+    ) -> strata_snapshotter::Result<Vec<u8>> {
+        self.of(&blob.digest)?.read_range(blob, range)
+    }
+
+    fn blob_size(
+        &self,
+        reference: &str,
+        digest: &strata_proto::Digest,
+    ) -> strata_snapshotter::Result<u64> {
+        self.of(digest)?.blob_size(reference, digest)
+    }
+}
+
+#[test]
+fn the_tocs_of_upper_layers_are_fetched_ahead() {
+    require_root!();
+    let (lower, w1) = estargz_source(&WriteOptions::default());
+    let mut t = Tar::new();
+    t.dir("upper").file("upper/file", b"from above");
+    let mut blob = Vec::new();
+    let w2 = write_estargz(&t.finish()[..], &mut blob, &WriteOptions::default()).unwrap();
+    let upper = Arc::new(MemSource::new(blob));
+    let src = Arc::new(Blobs(vec![lower.clone(), upper.clone()]));
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = LazyOptions {
+        overlay: OverlayOptions {
+            index_off: kernel_supports_index(),
+            ..Default::default()
+        },
+        background_fetch: None,
+    };
+    let sn = LazySnapshotter::open(&tmp.path().join("lazy"), opts, src).unwrap();
+    let (d1, d2) = (lower.remote().digest, upper.remote().digest);
+
+    // The bottom layer's Prepare names both layers, as containerd's CRI does.
+    let chain1 = w1.diff_id.to_string();
+    let mut l1 = handshake_labels(&chain1, &lower, &w1.toc_digest.to_string(), false);
+    l1.insert(CRI_IMAGE_LAYERS_LABEL.into(), format!("{d1},{d2}"));
+    let err = sn.prepare("extract-1", None, l1).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err:?}");
+
+    // The upper layer's TOC member is read without waiting for its own Prepare.
+    let toc_end = upper.blob.len() as u64 - FOOTER_SIZE;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !upper.reads.lock().unwrap().iter().any(|r| r.end == toc_end) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upper TOC never fetched ahead"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // So its Prepare needs the registry no more: it mounts from the TOC fetched ahead.
+    upper.down.store(true, Ordering::SeqCst);
+    let mut l2 = handshake_labels("chain-2", &upper, &w2.toc_digest.to_string(), false);
+    l2.insert(CRI_IMAGE_LAYERS_LABEL.into(), d2.to_string());
+    let err = sn.prepare("extract-2", Some(&chain1), l2).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err:?}");
+    assert!(
+        sn.stat("chain-2")
+            .unwrap()
+            .labels
+            .contains_key(REMOTE_LABEL)
+    );
+    upper.down.store(false, Ordering::SeqCst);
+
+    let mounts = sn.prepare("c1", Some("chain-2"), Labels::new()).unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    mount_all(&mounts, &rootfs).unwrap();
+    let read = std::fs::read(rootfs.join("upper/file"));
+    let ping = std::fs::read(rootfs.join("bin/ping"));
+    unmount_all(&rootfs).unwrap();
+    assert_eq!(read.unwrap(), b"from above");
+    assert_eq!(ping.unwrap(), b"ping");
 }
 
 #[test]

@@ -15,7 +15,7 @@ pub mod toc;
 pub mod write;
 
 pub use footer::{FOOTER_SIZE, footer, parse_footer};
-pub use read::{decode_chunk, fetch_toc, fetch_tree, toc_json};
+pub use read::{check_toc_digest, decode_chunk, fetch_toc, fetch_toc_json, fetch_tree, toc_json};
 pub use toc::{Chunk, Node, NodeKind, ROOT, TocEntry, TocJson, TocLimits, Tree};
 pub use write::{WriteOptions, Written, write_estargz};
 

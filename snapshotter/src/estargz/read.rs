@@ -95,6 +95,18 @@ pub fn fetch_toc(
     toc_digest: &Digest,
     limits: &TocLimits,
 ) -> Result<(Tree, Vec<u8>)> {
+    let (json, toc_offset) = fetch_toc_json(src, blob, limits)?;
+    check_toc_digest(&json, blob, toc_digest)?;
+    let tree = Tree::from_json(&json, toc_offset, limits)?;
+    Ok((tree, json))
+}
+
+/// A layer's TOC JSON, not yet verified, and where the TOC starts in the blob.
+pub fn fetch_toc_json(
+    src: &dyn BlobSource,
+    blob: &RemoteBlob,
+    limits: &TocLimits,
+) -> Result<(Vec<u8>, u64)> {
     if blob.size < FOOTER_SIZE {
         return Err(Error::invalid(format!(
             "blob {} of {} bytes is too small to be eStargz",
@@ -112,16 +124,20 @@ pub fn fetch_toc(
         )));
     }
     let member = read_exact(src, blob, toc_offset..blob.size - FOOTER_SIZE)?;
-    let json = toc_json(&member, limits)?;
-    let got = sha256(&json);
+    Ok((toc_json(&member, limits)?, toc_offset))
+}
+
+/// Refuses TOC JSON of `blob` that does not hash to `toc_digest` (the descriptor's
+/// `containerd.io/snapshot/stargz/toc.digest`).
+pub fn check_toc_digest(json: &[u8], blob: &RemoteBlob, toc_digest: &Digest) -> Result<()> {
+    let got = sha256(json);
     if &got != toc_digest {
         return Err(Error::invalid(format!(
             "eStargz TOC of blob {} hashes to {got}, not the {toc_digest} its descriptor names",
             blob.digest
         )));
     }
-    let tree = Tree::from_json(&json, toc_offset, limits)?;
-    Ok((tree, json))
+    Ok(())
 }
 
 /// The uncompressed bytes of `chunk` from its member's compressed bytes

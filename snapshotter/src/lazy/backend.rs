@@ -30,11 +30,12 @@ use std::time::Duration;
 
 use strata_proto::Digest;
 
+use super::ahead::{Fetched, TocsAhead};
 use super::mounter::{InProcess, LayerMounter, MountSpec, MountedLayer};
 use super::reader::LayerReader;
 use crate::api::{Cleanup, Info, Kind, Labels, Mount, Rebase, Remote, Snapshotter, Usage};
 use crate::driver::{DiffDriver, Driver, MetaSnapshotter};
-use crate::estargz::{TOC_DIGEST_ANNOTATION, TocLimits, fetch_toc};
+use crate::estargz::{TOC_DIGEST_ANNOTATION, TocLimits, check_toc_digest, fetch_toc_json};
 use crate::meta::Snapshot;
 use crate::overlay::{OverlayDriver, OverlayOptions};
 use crate::remote::{BlobSource, RemoteBlob, SNAPSHOT_REF_LABEL};
@@ -225,6 +226,7 @@ pub struct LazySnapshotter {
     mounter: Arc<dyn LayerMounter>,
     limits: TocLimits,
     background_fetch: Option<Duration>,
+    ahead: TocsAhead,
 }
 
 impl LazySnapshotter {
@@ -255,10 +257,11 @@ impl LazySnapshotter {
         let inner = Arc::new(MetaSnapshotter::open(&root.join("metadata"), driver)?);
         let s = LazySnapshotter {
             inner,
-            blobs,
             mounter,
             limits: TocLimits::default(),
             background_fetch: opts.background_fetch,
+            ahead: TocsAhead::new(blobs.clone(), TocLimits::default()),
+            blobs,
         };
         s.remount();
         Ok(s)
@@ -309,8 +312,7 @@ impl LazySnapshotter {
             self.inner.driver().attach(s.id, m);
             return Ok(());
         }
-        let tree = spec.tree()?;
-        let m = self.mounter.mount(&spec, tree)?;
+        let m = self.mounter.mount(&spec)?;
         self.inner.driver().attach(s.id, m);
         Ok(())
     }
@@ -338,14 +340,38 @@ impl LazySnapshotter {
         labels: &Labels,
         layer: &LazyLayer,
     ) -> Result<()> {
-        let size = self.blobs.blob_size(&layer.reference, &layer.digest)?;
+        self.ahead.start(&layer.reference, &layer.digest, labels);
+        let fetched = match self.ahead.take(&layer.digest) {
+            Some(Ok(f)) => f,
+            // Fetched again here: a failure ahead may have been passing.
+            _ => {
+                let size = self.blobs.blob_size(&layer.reference, &layer.digest)?;
+                let blob = RemoteBlob {
+                    reference: layer.reference.clone(),
+                    digest: layer.digest.clone(),
+                    size,
+                };
+                let (json, toc_offset) = fetch_toc_json(&*self.blobs, &blob, &self.limits)?;
+                Fetched {
+                    size,
+                    json,
+                    toc_offset,
+                }
+            }
+        };
+        let Fetched {
+            size,
+            json,
+            toc_offset,
+        } = fetched;
         let blob = RemoteBlob {
             reference: layer.reference.clone(),
             digest: layer.digest.clone(),
             size,
         };
-        let (tree, json) = fetch_toc(&*self.blobs, &blob, &layer.toc_digest, &self.limits)?;
-        let toc_offset = tree.toc_offset;
+        check_toc_digest(&json, &blob, &layer.toc_digest)?;
+        // The TOC's structure is checked by the layer's server as it parses it; a TOC
+        // it refuses fails the mount, and the layer is unpacked in full.
         self.inner.prepare(key, parent, labels.clone())?;
         let made = (|| {
             let id = self.inner.meta().get(key)?.id;
@@ -353,12 +379,10 @@ impl LazySnapshotter {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
             let toc = dir.join("toc.json");
             std::fs::write(&toc, &json).map_err(|e| Error::io("write", &toc, e))?;
-            let usage = Usage {
-                size: tree.content_bytes() as i64,
-                inodes: tree.nodes.len() as i64,
-            };
+            drop(json);
             let spec = self.spec(id, layer, size, toc_offset);
-            let m = self.mounter.mount(&spec, tree)?;
+            let m = self.mounter.mount(&spec)?;
+            let usage = m.usage();
             let d = self.inner.driver();
             d.attach(id, m);
             d.usage

@@ -2,6 +2,7 @@
 //! from its eStargz TOC ([`crate::estargz`]), its content fetched chunk by chunk as it is
 //! read ([`LayerReader`]), verified and cached on local disk.
 //!
+//! - [`ahead`]: the TOCs of an image's upper layers, fetched while the lower ones mount.
 //! - [`backend`]: [`LazySnapshotter`], the `lazy` backend: overlay snapshots whose
 //!   layers are mounted lazily in containerd's remote-snapshot handshake.
 //! - [`reader`]: [`LayerReader`]: chunk fetch (coalesced), verification, cache, prefetch.
@@ -10,6 +11,7 @@
 //!   processes, behind [`LayerMounter`].
 //! - [`mount`]: [`LazyMount`], a mounted layer, unmounted when dropped.
 
+pub mod ahead;
 pub mod backend;
 pub mod fs;
 pub mod mount;
@@ -19,5 +21,5 @@ pub mod reader;
 pub use backend::{LazyDriver, LazyLayer, LazyOptions, LazySnapshotter};
 pub use fs::LazyFs;
 pub use mount::LazyMount;
-pub use mounter::{InProcess, LayerMounter, MountSpec, MountedLayer, serve};
+pub use mounter::{InProcess, LayerMounter, MountSpec, MountedLayer, serve, tree_usage};
 pub use reader::LayerReader;

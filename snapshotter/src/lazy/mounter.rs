@@ -14,7 +14,7 @@ use super::mount::LazyMount;
 use super::reader::LayerReader;
 use crate::estargz::{TocLimits, Tree, read};
 use crate::remote::{BlobSource, RemoteBlob};
-use crate::{Error, Result};
+use crate::{Error, Result, Usage};
 
 /// Everything a server needs to mount one lazy layer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -68,6 +68,8 @@ pub trait MountedLayer: Send + Sync {
     fn fetched_bytes(&self) -> u64;
     /// Whether every chunk is local.
     fn is_complete(&self) -> bool;
+    /// What the layer holds (from its TOC), as its snapshot's usage.
+    fn usage(&self) -> Usage;
     /// The reader, when served in this process.
     fn reader(&self) -> Option<Arc<LayerReader>> {
         None
@@ -79,10 +81,19 @@ pub trait MountedLayer: Send + Sync {
     fn release(self: Box<Self>);
 }
 
+/// What a layer of tree `t` holds, as a snapshot's usage.
+pub fn tree_usage(t: &Tree) -> Usage {
+    Usage {
+        size: t.content_bytes() as i64,
+        inodes: t.nodes.len() as i64,
+    }
+}
+
 /// Mounts lazy layers.
 pub trait LayerMounter: Send + Sync {
-    /// Mounts the layer `spec` names, whose checked TOC is `tree`.
-    fn mount(&self, spec: &MountSpec, tree: Tree) -> Result<Box<dyn MountedLayer>>;
+    /// Mounts the layer `spec` names; its saved TOC is checked and parsed by whoever
+    /// serves it (once: a TOC of a big layer takes a while to parse).
+    fn mount(&self, spec: &MountSpec) -> Result<Box<dyn MountedLayer>>;
     /// The mount an earlier process left at `spec.mountpoint`, if it is still served.
     fn adopt(&self, _spec: &MountSpec) -> Option<Box<dyn MountedLayer>> {
         None
@@ -137,8 +148,8 @@ impl InProcess {
 }
 
 impl LayerMounter for InProcess {
-    fn mount(&self, spec: &MountSpec, tree: Tree) -> Result<Box<dyn MountedLayer>> {
-        Ok(Box::new(serve(spec, tree, self.blobs.clone())?))
+    fn mount(&self, spec: &MountSpec) -> Result<Box<dyn MountedLayer>> {
+        Ok(Box::new(serve(spec, spec.tree()?, self.blobs.clone())?))
     }
 }
 
@@ -149,6 +160,10 @@ impl MountedLayer for LazyMount {
 
     fn is_complete(&self) -> bool {
         LazyMount::reader(self).is_complete()
+    }
+
+    fn usage(&self) -> Usage {
+        tree_usage(LazyMount::reader(self).tree())
     }
 
     fn reader(&self) -> Option<Arc<LayerReader>> {

@@ -220,7 +220,9 @@ impl LayerReader {
             return Ok(());
         };
         let (start, end) = (first.blob_offset, last.blob_end);
+        let t = std::time::Instant::now();
         let bytes = self.src.read_range(&self.blob, start..end)?;
+        let fetched_in = t.elapsed();
         self.fetched
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if bytes.len() as u64 != end - start {
@@ -230,13 +232,14 @@ impl LayerReader {
                 bytes.len()
             )));
         }
-        for c in run {
+        for c in &run {
             let member = &bytes[(c.blob_offset - start) as usize..(c.blob_end - start) as usize];
             let data = decode_chunk(member, c).map_err(|e| {
                 e.context(format!("blob {} at {}", self.blob.digest, c.blob_offset))
             })?;
             self.store(c, &data)?;
         }
+        tracing::debug!(start, len = end - start, chunks = run.len(), ?fetched_in, took = ?t.elapsed(), "fetched");
         Ok(())
     }
 
