@@ -4,19 +4,22 @@
 # pull-bench.sh, converted with `strata convert --estargz`:
 #
 #   strata-lazy   `strata run --lazy REF python ...` (nothing pulled before)
+#   strata-prefetch  the same, of the image converted with `--prefetch-from` the files
+#                 the workload opens (recorded once with strace, as `ctr-remote image
+#                 optimize` records them): those come in one go at mount time
 #   strata-full   `strata pull REF` (the plain gzip image) + `strata run REF python ...`
 #   containerd    `ctr images pull` + `ctr run` of the plain gzip image (containerd 1.6)
 #
-#   benches/lazy-bench.sh [--runs N] [--only "strata-lazy strata-full containerd"]
+#   benches/lazy-bench.sh [--runs N] [--only "strata-lazy strata-prefetch strata-full containerd"]
 #
 # Every run gets a fresh loop-mounted ext4 and a fresh daemon; the tools alternate, run for
 # run; medians of N (default 5). Also printed: the bytes strata-lazy fetched from the
 # registry by the first output (the lazy servers' own counters) against the image's size.
 # Needs what pull-bench.sh needs (root, a built strata, containerd, ctr, runc,
-# docker-registry, skopeo, debootstrap).
+# docker-registry, skopeo, debootstrap, strace).
 set -euo pipefail
 
-runs=5 tools="strata-lazy strata-full containerd"
+runs=5 tools="strata-lazy strata-prefetch strata-full containerd"
 while (($#)); do
     case "$1" in
         --runs) runs="$2"; shift 2 ;;
@@ -102,6 +105,32 @@ strata-lazy_run() {
     drop_fs
 }
 
+strata-prefetch_run() {
+    fresh_fs
+    start_strata
+    local t0 t
+    t0="$(now)"
+    t="$(first_line "$t0" "${S[@]}" run --rm --lazy --plain-http "$prefetch_ref" "$py/bin/python3" -c "$code")"
+    sleep 0.3
+    echo "$t $(lazy_fetched)"
+    stop_strata
+    drop_fs
+}
+
+# The files the workload opens, in order, as the image names them (the python is the
+# host's own tree and the base the host's Debian, so host paths resolve as in the image).
+record_prefetch() {
+    local out="$cache/prefetch.list"
+    [[ -s "$out" ]] && return
+    strace -f -qq -e trace=openat,execve -o "$cache/py.strace" "$py/bin/python3" -c "$code" >/dev/null
+    {
+        realpath -e /lib64/ld-linux-x86-64.so.2
+        grep -v '= -1' "$cache/py.strace" | grep -o '\(openat\|execve\)([^"]*"[^"]*"' |
+            sed 's/.*"\(.*\)"/\1/' | xargs -r realpath -e 2>/dev/null
+    } | awk '!seen[$0]++' | while read -r f; do [[ -f "$f" ]] && echo "$f"; done >"$out.tmp"
+    mv "$out.tmp" "$out"
+}
+
 strata-full_run() {
     fresh_fs
     start_strata
@@ -146,6 +175,14 @@ if ! grep -q ': converted ' "$cache/convert.out" 2>/dev/null; then
     mv "$cache/convert.tmp" "$cache/convert.out"
 fi
 py="$(cat "$cache/layers/python")"
+prefetch_ref="$hostport/bench/python:estargz-prefetch"
+if ! grep -q ': converted ' "$cache/convert-prefetch.out" 2>/dev/null; then
+    record_prefetch
+    log "strata convert --estargz --prefetch-from ($(wc -l <"$cache/prefetch.list") files) $plain_ref $prefetch_ref"
+    "$strata" convert --estargz --plain-http --prefetch-from "$cache/prefetch.list" "$plain_ref" "$prefetch_ref" \
+        >"$cache/convert.tmp"
+    mv "$cache/convert.tmp" "$cache/convert-prefetch.out"
+fi
 image_bytes="$(grep -o '([0-9]* bytes' "$cache/convert.out" | tr -dc '0-9\n' | awk '{s+=$1} END{print s}')"
 export R="$plain_ref" P="$py/bin/python3" C="$code" W="$mnt/ctr"
 echo "lazy-bench: $py in a $((image_bytes / 1000000)) MB eStargz image; $runs runs each, alternating"
@@ -175,9 +212,10 @@ for tool in "${order[@]}"; do
     [[ -n "$base" ]] && ratio="$(printf '%.3f' "$(echo "$m / $base" | bc -l)")"
     printf '%-12s %14.2f %10s %s\n' "$tool" "$m" "$ratio" "${times[$tool]}"
 done
-if [[ -n "${fetched[strata-lazy]:-}" ]]; then
-    f="$(echo "${fetched[strata-lazy]}" | median)"
-    printf 'strata-lazy fetched %.1f MB of %.1f MB (%.1f%%) by its first output\n' \
+for tool in strata-lazy strata-prefetch; do
+    [[ -n "${fetched[$tool]:-}" ]] || continue
+    f="$(echo "${fetched[$tool]}" | median)"
+    printf '%s fetched %.1f MB of %.1f MB (%.1f%%) by its first output\n' "$tool" \
         "$(echo "$f / 1000000" | bc -l)" "$(echo "$image_bytes / 1000000" | bc -l)" \
         "$(echo "100 * $f / $image_bytes" | bc -l)"
-fi
+done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages strata builds and tests with (idempotent).
 set -euo pipefail
-pkgs=(libclang-dev clang containerd docker-registry runc skopeo busybox-static btrfs-progs fuse3 openssl ca-certificates curl jq apache2-utils debootstrap zstd bc)
+pkgs=(libclang-dev clang containerd docker-registry runc skopeo busybox-static btrfs-progs fuse3 openssl ca-certificates curl jq apache2-utils debootstrap zstd bc strace)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -211,9 +211,12 @@ pub(crate) fn run(spec_path: &Path, registry: &RegistrySettings) -> anyhow::Resu
         .context("start runtime")?;
     let client = registry.client(false, None)?;
     let blobs = Arc::new(RegistryBlobs::new(client, rt.handle().clone()));
+    let t = std::time::Instant::now();
     let tree = spec.tree()?;
+    let parsed = t.elapsed();
     let usage = tree_usage(&tree);
     let mount = serve(&spec, tree, blobs)?;
+    tracing::debug!(?parsed, took = ?t.elapsed(), "mounted");
     let ready = Ready {
         size: usage.size,
         inodes: usage.inodes,

@@ -340,6 +340,7 @@ impl LazySnapshotter {
         labels: &Labels,
         layer: &LazyLayer,
     ) -> Result<()> {
+        let t = std::time::Instant::now();
         self.ahead.start(&layer.reference, &layer.digest, labels);
         let fetched = match self.ahead.take(&layer.digest) {
             Some(Ok(f)) => f,
@@ -381,7 +382,9 @@ impl LazySnapshotter {
             std::fs::write(&toc, &json).map_err(|e| Error::io("write", &toc, e))?;
             drop(json);
             let spec = self.spec(id, layer, size, toc_offset);
+            let wrote = t.elapsed();
             let m = self.mounter.mount(&spec)?;
+            tracing::debug!(layer = %layer.digest, ?wrote, took = ?t.elapsed(), "lazy layer mounted");
             let usage = m.usage();
             let d = self.inner.driver();
             d.attach(id, m);

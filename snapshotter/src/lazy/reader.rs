@@ -24,6 +24,10 @@ const MAX_COALESCED: u64 = 16 << 20;
 const READ_AROUND: u64 = 512 << 10;
 /// Neighbours larger than this (compressed) are left for when they are read.
 const SMALL_NEIGHBOUR: u64 = 32 << 10;
+/// Compressed bytes of one piece of the prefetch.
+const PREFETCH_PIECE: u64 = 2 << 20;
+/// Pieces of the prefetch fetched and inflated at once.
+const PREFETCH_WORKERS: usize = 2;
 /// Largest range of one background request: small enough that an on-demand read waits
 /// little behind it.
 const BACKGROUND_STEP: u64 = 4 << 20;
@@ -209,10 +213,13 @@ impl LayerReader {
         let mut keys: Vec<&Chunk> = run.to_vec();
         keys.sort_by(|a, b| a.digest.hex().cmp(b.digest.hex()));
         keys.dedup_by(|a, b| a.digest == b.digest);
-        let locks: Vec<_> = keys.iter().map(|c| self.lock(c)).collect();
-        let _guards: Vec<_> = locks
+        let locks: Vec<_> = keys
             .iter()
-            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
+            .map(|c| (c.digest.hex(), self.lock(c)))
+            .collect();
+        let mut guards: HashMap<&str, _> = locks
+            .iter()
+            .map(|(d, l)| (*d, l.lock().unwrap_or_else(|e| e.into_inner())))
             .collect();
         // Another reader may have fetched them while this one waited.
         let run: Vec<&&Chunk> = run.iter().filter(|c| !self.cached(c).exists()).collect();
@@ -232,12 +239,22 @@ impl LayerReader {
                 bytes.len()
             )));
         }
-        for c in &run {
+        // Each chunk is released as soon as it is stored: a read of it need not wait for
+        // the rest of a long run (a prefetch) to be decoded.
+        let last_use: HashMap<&str, usize> = run
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.digest.hex(), i))
+            .collect();
+        for (i, c) in run.iter().enumerate() {
             let member = &bytes[(c.blob_offset - start) as usize..(c.blob_end - start) as usize];
             let data = decode_chunk(member, c).map_err(|e| {
                 e.context(format!("blob {} at {}", self.blob.digest, c.blob_offset))
             })?;
             self.store(c, &data)?;
+            if last_use.get(c.digest.hex()) == Some(&i) {
+                guards.remove(c.digest.hex());
+            }
         }
         tracing::debug!(start, len = end - start, chunks = run.len(), ?fetched_in, took = ?t.elapsed(), "fetched");
         Ok(())
@@ -255,9 +272,11 @@ impl LayerReader {
         Ok(())
     }
 
-    /// Fetches the prioritized range (everything before `.prefetch.landmark`), in as few
-    /// requests as the coalescing cap allows, and caches every chunk in it; returns the
-    /// bytes fetched (none when the layer has no landmark).
+    /// Fetches the prioritized range (everything before `.prefetch.landmark`) and caches
+    /// every chunk in it; returns the bytes fetched (none when the layer has no landmark).
+    /// The range goes in pieces of a few MiB, in order, [`PREFETCH_WORKERS`] at a time:
+    /// inflating it is most of the work, and the workload waiting for its first files
+    /// leaves a core idle.
     pub fn prefetch(&self) -> Result<u64> {
         let Some(end) = self.tree.prefetch else {
             return Ok(0);
@@ -270,9 +289,39 @@ impl LayerReader {
             .filter(|c| c.blob_end <= end)
             .collect();
         chunks.sort_by_key(|c| (c.blob_offset, c.inner_offset));
+        let mut pieces: Vec<&[&Chunk]> = Vec::new();
+        let mut rest = &chunks[..];
+        while let Some(first) = rest.first() {
+            let n = rest
+                .iter()
+                .position(|c| c.blob_end - first.blob_offset > PREFETCH_PIECE)
+                .unwrap_or(rest.len())
+                .max(1);
+            let (piece, tail) = rest.split_at(n);
+            pieces.push(piece);
+            rest = tail;
+        }
         let before = self.fetched_bytes();
-        self.ensure(chunks.into_iter())?;
-        Ok(self.fetched_bytes() - before)
+        let next = AtomicUsize::new(0);
+        let failed = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..PREFETCH_WORKERS {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(piece) = pieces.get(i) else { return };
+                        if let Err(e) = self.ensure(piece.iter().copied()) {
+                            *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(self.fetched_bytes() - before),
+        }
     }
 
     /// Whether every chunk of the layer is local.
