@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/strata/v1/admin.proto",
         "proto/strata/v1/images.proto",
         "proto/strata/v1/containers.proto",
+        "proto/k8s/cri/v1/cri.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -10,7 +10,8 @@
 //! gc_interval_secs = 600         # 0 disables periodic garbage collection
 //!
 //! [snapshots]
-//! default = "overlayfs"          # backend for unknown or empty snapshotter names
+//! default = "overlayfs"          # backend for unknown or empty snapshotter names (or native,
+//!                                # btrfs, lazy: "lazy" behind a containerd proxy plugin)
 //! btrfs_root = "/mnt/btrfs/strata"  # a directory on btrfs; enables the btrfs backend
 //!
 //! [registry]

@@ -70,7 +70,7 @@ pub(crate) struct SnapshotOptions {
 }
 
 /// Names of the backends strata serves.
-const BACKENDS: [&str; 3] = ["overlayfs", "native", "btrfs"];
+const BACKENDS: [&str; 4] = ["overlayfs", "native", "btrfs", "lazy"];
 
 impl ServeOptions {
     /// Merges the config file with flags (flags win).

@@ -1521,28 +1521,10 @@ fn exec_processes_are_found_again_after_a_daemon_restart() {
 
 // ---- Lazy layers -------------------------------------------------------------------------
 
-/// A busybox whose base layer is eStargz (with its TOC digest annotated) and a second,
-/// ordinary gzip layer: one lazy layer and one unpacked over it.
-fn lazy_busybox() -> (Built, String) {
-    use strata_snapshotter::estargz::{TOC_DIGEST_ANNOTATION, WriteOptions, write_estargz};
-    let base = images::busybox_tar(&Passwd::Default);
-    let mut blob = Vec::new();
-    let w = write_estargz(&base[..], &mut blob, &WriteOptions::default()).unwrap();
-    let mut l0 = Layer::new(base, Compression::Gzip);
-    l0.blob = Some(blob);
-    l0.diff_id = Some(w.diff_id.to_string());
-    l0.annotations = vec![(TOC_DIGEST_ANNOTATION.into(), w.toc_digest.to_string())];
-    let mut t = Tar::new();
-    t.dir("etc").file("etc/motd", b"lazy hello\n");
-    let l1 = Layer::new(t.finish(), Compression::Gzip);
-    let img = Image::new(vec![l0, l1]).config(images::busybox_config());
-    (img.build(), w.digest.to_string())
-}
-
 #[test]
 fn lazy_run_starts_without_downloading_the_estargz_layer() {
     let env = Env::new("srunlazy");
-    let (built, estargz) = lazy_busybox();
+    let (built, estargz) = images::lazy_busybox();
     let image = env.push("lazybox:1", &built);
     let out = stdout(&env.ok(&["pull", "--lazy", &image]));
     assert!(
@@ -1641,7 +1623,7 @@ fn lazy_servers(wd: &Path) -> Vec<i32> {
 #[test]
 fn lazy_mounts_survive_a_kill9_of_the_daemon() {
     let mut env = Env::new("srunlazy9");
-    let (built, _) = lazy_busybox();
+    let (built, _) = images::lazy_busybox();
     let image = env.push("lazybox:k9", &built);
     let signal = env.wd().join("signal");
     std::fs::create_dir(&signal).unwrap();

@@ -90,6 +90,17 @@ pub mod strata {
     }
 }
 
+/// Generated code for the part of Kubernetes' Container Runtime Interface strata uses as
+/// a client (`runtime.v1`: pull an image, run a container in a host-network pod), as
+/// the kubelet does against containerd's CRI plugin.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod cri {
+    /// `runtime.v1`.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/runtime.v1.rs"));
+    }
+}
+
 /// gRPC metadata key carrying the containerd namespace of a request.
 pub const NAMESPACE_HEADER: &str = "containerd-namespace";
 /// gRPC metadata key carrying the containerd lease of a request.

@@ -49,7 +49,7 @@ fn image_layers(layers: &[Descriptor]) -> String {
     let mut out = String::new();
     for d in layers {
         let d = d.digest.to_string();
-        if CRI_IMAGE_LAYERS_LABEL.len() + out.len() + 1 + d.len() > 4096 {
+        if CRI_IMAGE_LAYERS_LABEL.len() + out.len() + 1 + d.len() > strata_proto::MAX_LABEL_SIZE {
             break;
         }
         if !out.is_empty() {

@@ -125,3 +125,21 @@ pub fn debian(work: &Path) -> Built {
         }))
         .build()
 }
+
+/// A busybox whose base layer is eStargz (with its TOC digest annotated) and a second,
+/// ordinary gzip layer: one lazy layer and one unpacked over it.
+pub fn lazy_busybox() -> (Built, String) {
+    use strata_snapshotter::estargz::{TOC_DIGEST_ANNOTATION, WriteOptions, write_estargz};
+    let base = busybox_tar(&Passwd::Default);
+    let mut blob = Vec::new();
+    let w = write_estargz(&base[..], &mut blob, &WriteOptions::default()).unwrap();
+    let mut l0 = Layer::new(base, Compression::Gzip);
+    l0.blob = Some(blob);
+    l0.diff_id = Some(w.diff_id.to_string());
+    l0.annotations = vec![(TOC_DIGEST_ANNOTATION.into(), w.toc_digest.to_string())];
+    let mut t = Tar::new();
+    t.dir("etc").file("etc/motd", b"lazy hello\n");
+    let l1 = Layer::new(t.finish(), Compression::Gzip);
+    let img = Image::new(vec![l0, l1]).config(busybox_config());
+    (img.build(), w.digest.to_string())
+}

@@ -272,7 +272,7 @@ file_is_static() {
     fi
 }
 
-# start_containerd WORKDIR [STRATA_SOCK] — start containerd 1.6 with strata as its content store (proxy plugin "strata-content") and as the snapshotter "strata" (proxy plugin, type snapshot); print its socket path. With STRATA_BUILTIN_CONTENT=1 containerd keeps its own content store (and, without STRATA_SOCK, has no strata plugin at all).
+# start_containerd WORKDIR [STRATA_SOCK] — start containerd 1.6 with strata as its content store (proxy plugin "strata-content") and as the snapshotter "strata" (proxy plugin, type snapshot); print its socket path. With STRATA_BUILTIN_CONTENT=1 containerd keeps its own content store (and, without STRATA_SOCK, has no strata plugin at all). With STRATA_CRI=1 its CRI plugin runs too, on snapshotter "strata" with the snapshot annotations on (what a remote snapshotter needs), sandbox image $STRATA_CRI_SANDBOX_IMAGE, registries configured from WORKDIR/certs.d (hosts.toml), runc state under WORKDIR/cri-runc.
 start_containerd() (
     set -euo pipefail
     local wd; wd="$(_h_workdir "${1:-}")"
@@ -294,7 +294,33 @@ start_containerd() (
     chmod 0711 "$root" "$state"
     local cfg="$wd/containerd.toml" log="$wd/containerd.log"
     local disabled='"io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"'
-    local proxy=""
+    local proxy="" cri=""
+    if [[ "${STRATA_CRI:-0}" == 1 ]]; then
+        disabled="${disabled/\"io.containerd.grpc.v1.cri\", /}"
+        mkdir -p "$wd/certs.d" "$wd/cni/bin" "$wd/cni/net.d" "$wd/cri-runc"
+        cri="  [plugins.\"io.containerd.grpc.v1.cri\"]
+    sandbox_image = \"${STRATA_CRI_SANDBOX_IMAGE:?STRATA_CRI_SANDBOX_IMAGE names the pod sandbox image}\"
+    stream_server_address = \"127.0.0.1\"
+    stream_server_port = \"0\"
+    enable_selinux = false
+    disable_apparmor = true
+    # No lower OOM score than containerd's own (lowering it needs CAP_SYS_RESOURCE,
+    # which a CI sandbox may not grant).
+    restrict_oom_score_adj = true
+    [plugins.\"io.containerd.grpc.v1.cri\".containerd]
+      snapshotter = \"strata\"
+      disable_snapshot_annotations = false
+      default_runtime_name = \"runc\"
+      [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]
+        runtime_type = \"io.containerd.runc.v2\"
+        [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]
+          Root = \"$wd/cri-runc\"
+    [plugins.\"io.containerd.grpc.v1.cri\".cni]
+      bin_dir = \"$wd/cni/bin\"
+      conf_dir = \"$wd/cni/net.d\"
+    [plugins.\"io.containerd.grpc.v1.cri\".registry]
+      config_path = \"$wd/certs.d\""
+    fi
     if [[ -n "$strata_sock" ]]; then
         proxy="[proxy_plugins]
   [proxy_plugins.strata]
@@ -338,6 +364,7 @@ oom_score = 0
 [plugins]
   [plugins."io.containerd.internal.v1.opt"]
     path = "$wd/containerd/opt"
+$cri
 
 $proxy
 EOF
