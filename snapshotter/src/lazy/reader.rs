@@ -274,7 +274,7 @@ impl LayerReader {
 
     /// Fetches the prioritized range (everything before `.prefetch.landmark`) and caches
     /// every chunk in it; returns the bytes fetched (none when the layer has no landmark).
-    /// The range goes in pieces of a few MiB, in order, [`PREFETCH_WORKERS`] at a time:
+    /// The range goes in pieces of a few MiB, in order, two at a time:
     /// inflating it is most of the work, and the workload waiting for its first files
     /// leaves a core idle.
     pub fn prefetch(&self) -> Result<u64> {
