@@ -9,22 +9,35 @@
 #                 optimize` records them): those come in one go at mount time
 #   strata-full   `strata pull REF` (the plain gzip image) + `strata run REF python ...`
 #   containerd    `ctr images pull` + `ctr run` of the plain gzip image (containerd 1.6)
+#   stargz        stargz-snapshotter as containerd 1.6's proxy snapshotter: `ctr-remote
+#                 images rpull` of the eStargz image + `ctr run --snapshotter stargz`
+#                 (containerd-stargz-grpc built from Debian's Go sources by
+#                 benches/stargz-grpc, once, into the cache)
 #
-#   benches/lazy-bench.sh [--runs N] [--only "strata-lazy strata-prefetch strata-full containerd"]
+#   benches/lazy-bench.sh [--runs N] [--only "strata-lazy strata-prefetch stargz stargz-prefetch strata-full containerd"]
+#
+# Then read throughput (`--throughput N` rounds, default 1, 0 skips): the time to `cat`
+# every file of the python tree inside the container, page cache dropped first: through
+# the lazy mount fetching on demand (background fetch off), through it again once every
+# chunk is local, and through overlayfs after a full pull; MB/s, and each against
+# overlayfs in the same round.
 #
 # Every run gets a fresh loop-mounted ext4 and a fresh daemon; the tools alternate, run for
 # run; medians of N (default 5). Also printed: the bytes strata-lazy fetched from the
 # registry by the first output (the lazy servers' own counters) against the image's size.
 # Needs what pull-bench.sh needs (root, a built strata, containerd, ctr, runc,
-# docker-registry, skopeo, debootstrap, strace).
+# docker-registry, skopeo, debootstrap, strace) and, for stargz, Debian's
+# stargz-snapshotter (ctr-remote), golang-github-containerd-stargz-snapshotter-dev and
+# golang-go.
 set -euo pipefail
 
-runs=5 tools="strata-lazy strata-prefetch strata-full containerd"
+tp_runs=1 runs=5 tools="strata-lazy strata-prefetch stargz stargz-prefetch strata-full containerd"
 while (($#)); do
     case "$1" in
         --runs) runs="$2"; shift 2 ;;
         --only) tools="$2"; shift 2 ;;
-        *) echo "usage: $0 [--runs N] [--only TOOLS]" >&2; exit 2 ;;
+        --throughput) tp_runs="$2"; shift 2 ;;
+        *) echo "usage: $0 [--runs N] [--only TOOLS] [--throughput N]" >&2; exit 2 ;;
     esac
 done
 
@@ -60,7 +73,7 @@ first_line() {
 
 start_strata() {
     local sock="$mnt/run/strata.sock"
-    STRATA_LOG=warn setsid "$strata" serve --root "$mnt/root" --address "$sock" \
+    env ${strata_config:+STRATA_CONFIG="$strata_config"} STRATA_LOG=warn setsid "$strata" serve --root "$mnt/root" --address "$sock" \
         </dev/null >>"$cache/strata.log" 2>&1 &
     s_pid=$!
     local n=0
@@ -131,6 +144,77 @@ record_prefetch() {
     mv "$out.tmp" "$out"
 }
 
+# Milliseconds to cat every file of the python tree in a container of IMAGE.
+cat_tree() {
+    local out
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    out="$("${S[@]}" run --rm --plain-http "$@" "$py/bin/python3" -c "
+import os, time
+t = time.monotonic()
+for d, _, fs in os.walk('$py'):
+    for f in fs:
+        p = os.path.join(d, f)
+        if os.path.isfile(p) and not os.path.islink(p):
+            with open(p, 'rb') as h:
+                while h.read(1 << 20):
+                    pass
+print('TP', int((time.monotonic() - t) * 1000))")"
+    grep -o 'TP [0-9]*' <<<"$out" | cut -d' ' -f2
+}
+
+throughput_run() {
+    mnt="$cache/mnt-tp" fs_img="$cache/fs-tp.img"
+    fresh_fs
+    strata_config="$cache/tp.toml"
+    printf '[snapshots]\nlazy_background_fetch_secs = 0\n' >"$strata_config"
+    start_strata
+    local cold local_ overlay
+    cold="$(cat_tree --lazy "$lazy_ref")"
+    local_="$(cat_tree --lazy "$lazy_ref")"
+    "${S[@]}" pull --plain-http "$plain_ref" >/dev/null
+    overlay="$(cat_tree "$plain_ref")"
+    echo "$cold $local_ $overlay"
+    stop_strata
+    strata_config=""
+    drop_fs
+}
+
+# stargz-snapshotter under containerd, as its documentation sets it up: containerd's own
+# content store, stargz as proxy snapshotter "stargz", `ctr-remote images rpull`.
+stargz_with() {
+    local ref="$1"
+    fresh_fs
+    local wd="$mnt/ctr" sgz="$mnt/stargz"
+    mkdir -p "$wd/runc" "$wd/fifo" "$sgz"
+    setsid "$stargz_bin" -address "$sgz/stargz.sock" -root "$sgz/root" \
+        </dev/null >>"$cache/stargz.log" 2>&1 &
+    g_pid=$!
+    local n=0
+    until [[ -S "$sgz/stargz.sock" ]]; do
+        ((n++ < 600)) || { log "containerd-stargz-grpc did not start"; tail -n 5 "$cache/stargz.log" >&2; exit 1; }
+        sleep 0.05
+    done
+    STRATA_BUILTIN_CONTENT=1 STRATA_PROXY_NAME=stargz STRATA_CONTAINERD_LOG_LEVEL=warn \
+        start_containerd "$wd" "$sgz/stargz.sock" >/dev/null
+    local t0 t
+    t0="$(now)"
+    t="$(first_line "$t0" bash -c 'ctr-remote --address "$1/containerd.sock" -n default images rpull --plain-http --snapshotter stargz "$2" >/dev/null </dev/null &&
+        ctr --address "$1/containerd.sock" -n default run --rm --runc-root "$1/runc" --fifo-dir "$1/fifo" --snapshotter stargz "$2" bench "$P" -c "$C" </dev/null' \
+        _ "$wd" "$ref")"
+    echo "$t 0"
+    stop_containerd "$wd" >/dev/null 2>&1
+    kill -TERM "$g_pid" 2>/dev/null || true
+    n=0
+    while kill -0 "$g_pid" 2>/dev/null && ((n++ < 100)); do sleep 0.05; done
+    kill -KILL "$g_pid" 2>/dev/null || true
+    wait "$g_pid" 2>/dev/null || true
+    grep -F " $mnt/" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    drop_fs
+}
+stargz_run() { stargz_with "$lazy_ref"; }
+stargz-prefetch_run() { stargz_with "$prefetch_ref"; }
+
 strata-full_run() {
     fresh_fs
     start_strata
@@ -158,6 +242,13 @@ containerd_run() {
     stop_containerd "$wd" >/dev/null 2>&1
     drop_fs
 }
+
+stargz_bin="$cache/containerd-stargz-grpc"
+if [[ " $tools " == *" stargz"* && ! -x "$stargz_bin" ]]; then
+    log "building containerd-stargz-grpc from Debian's Go sources"
+    GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$cache/go-cache" \
+        bash -c 'cd "$1" && go build -o "$2" ./benches/stargz-grpc' _ "$here" "$stargz_bin"
+fi
 
 trap 'stop_strata 2>/dev/null; drop_fs; stop_registry "$cache/registry" >/dev/null 2>&1 || true' EXIT
 s_pid="" S=("$strata")
@@ -212,6 +303,18 @@ for tool in "${order[@]}"; do
     [[ -n "$base" ]] && ratio="$(printf '%.3f' "$(echo "$m / $base" | bc -l)")"
     printf '%-12s %14.2f %10s %s\n' "$tool" "$m" "$ratio" "${times[$tool]}"
 done
+if ((tp_runs > 0)); then
+    tree_bytes="$(find "$py" -type f -printf '%s\n' | awk '{s+=$1} END{print s}')"
+    printf '\nread throughput, cat of the python tree (%.0f MB), page cache dropped:\n' \
+        "$(echo "$tree_bytes / 1000000" | bc -l)"
+    printf '%-8s %12s %12s %12s %16s\n' round lazy-cold lazy-local overlayfs "local/overlayfs"
+    for ((i = 1; i <= tp_runs; i++)); do
+        read -r c l o < <(throughput_run)
+        mbs() { echo "$tree_bytes / 1000 / $1" | bc -l; }
+        printf '%-8s %9.0f MB/s %7.0f MB/s %7.0f MB/s %16.2f\n' "$i" "$(mbs "$c")" "$(mbs "$l")" \
+            "$(mbs "$o")" "$(echo "$o / $l" | bc -l)"
+    done
+fi
 for tool in strata-lazy strata-prefetch; do
     [[ -n "${fetched[$tool]:-}" ]] || continue
     f="$(echo "${fetched[$tool]}" | median)"

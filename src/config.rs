@@ -13,6 +13,7 @@
 //! default = "overlayfs"          # backend for unknown or empty snapshotter names (or native,
 //!                                # btrfs, lazy: "lazy" behind a containerd proxy plugin)
 //! btrfs_root = "/mnt/btrfs/strata"  # a directory on btrfs; enables the btrfs backend
+//! lazy_background_fetch_secs = 5 # then a lazy layer's whole blob is fetched; 0: never
 //!
 //! [registry]
 //! hosts_dir = "/etc/containerd/certs.d"     # containerd-style <host>/hosts.toml files
@@ -87,6 +88,9 @@ pub(crate) struct SnapshotsConfig {
     pub(crate) default: String,
     /// Root of the btrfs backend (must be on a btrfs filesystem).
     pub(crate) btrfs_root: Option<PathBuf>,
+    /// Seconds after a lazy layer is mounted before its whole blob is fetched in the
+    /// background (default 5; 0: never, reads fetch on demand only).
+    pub(crate) lazy_background_fetch_secs: Option<u64>,
 }
 
 fn default_snapshotter() -> String {
@@ -98,6 +102,7 @@ impl Default for SnapshotsConfig {
         SnapshotsConfig {
             default: default_snapshotter(),
             btrfs_root: None,
+            lazy_background_fetch_secs: None,
         }
     }
 }
@@ -173,6 +178,12 @@ mod tests {
         assert_eq!(c.snapshots.default, "native");
         assert_eq!(c.snapshots.btrfs_root.as_deref(), Some(Path::new("/b")));
         assert!(toml::from_str::<Config>("[snapshots]\nbogus = 1").is_err());
+        let c: Config = toml::from_str("[snapshots]\nlazy_background_fetch_secs = 0\n").unwrap();
+        assert_eq!(c.snapshots.lazy_background_fetch_secs, Some(0));
+        assert!(
+            toml::from_str::<Config>("[snapshots]\nlazy_background_fetch_secs = -1").is_err(),
+            "a negative delay is refused"
+        );
         let c: Config =
             toml::from_str("[registry]\nhosts_dir = \"/h\"\ndocker_config = \"/d.json\"\n")
                 .unwrap();

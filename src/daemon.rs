@@ -67,6 +67,8 @@ pub(crate) struct SnapshotOptions {
     pub(crate) default: String,
     /// Explicit btrfs root.
     pub(crate) btrfs_root: Option<PathBuf>,
+    /// Delay of a lazy layer's background fetch (`None`: never).
+    pub(crate) lazy_background_fetch: Option<Duration>,
 }
 
 /// Names of the backends strata serves.
@@ -108,9 +110,12 @@ impl ServeOptions {
                 if default == "btrfs" && cfg.snapshots.btrfs_root.is_none() {
                     bail!("snapshots.default is \"btrfs\" but snapshots.btrfs_root is not set");
                 }
+                let background = cfg.snapshots.lazy_background_fetch_secs.unwrap_or(5);
                 SnapshotOptions {
                     default,
                     btrfs_root: cfg.snapshots.btrfs_root,
+                    lazy_background_fetch: (background > 0)
+                        .then(|| Duration::from_secs(background)),
                 }
             },
             registry: {
@@ -437,7 +442,7 @@ fn open_backends(
                     index_off: kernel_supports_index(),
                     ..OverlayOptions::default()
                 },
-                ..LazyOptions::default()
+                background_fetch: snaps.lazy_background_fetch,
             },
             blobs,
             mounter,

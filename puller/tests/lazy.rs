@@ -248,6 +248,57 @@ fn a_cached_chunk_is_not_fetched_twice() {
     assert_eq!(lazy.fetched(), fetched);
 }
 
+/// Whether the kernel has FUSE passthrough (Linux 6.9 and later).
+fn kernel_has_passthrough() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    (major, minor) >= (6, 9)
+}
+
+#[test]
+fn local_whole_files_are_read_through_passthrough() {
+    require_root!();
+    if !kernel_has_passthrough() {
+        eprintln!("skipped: no FUSE passthrough before Linux 6.9");
+        return;
+    }
+    use std::io::Read as _;
+    let (lazy, _) = Lazy::new(&layer(), 64 << 10);
+    let at = lazy.path();
+    let reader = lazy.mount.as_ref().unwrap().reader().clone();
+    // Opened before it is local, a file is read through this process...
+    let held = std::fs::File::open(at.join("bin/ping")).unwrap();
+    let mut got = Vec::new();
+    (&held).read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"ping");
+    // ...and so while that open is held, though it is local now: the kernel refuses to
+    // mix passthrough and cached opens of one inode (EIO).
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let before = reader.reads();
+    assert_eq!(std::fs::read(at.join("bin/ping")).unwrap(), b"ping");
+    assert!(reader.reads() > before, "read through the reader");
+    drop(held);
+    // Opened afresh, local and one chunk: the kernel reads its cache file itself.
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let before = reader.reads();
+    assert_eq!(std::fs::read(at.join("bin/ping")).unwrap(), b"ping");
+    assert_eq!(
+        reader.reads(),
+        before,
+        "passthrough: no read reached the reader"
+    );
+    // A file of several chunks has no single cache file: read through the reader.
+    let big = std::fs::read(at.join("usr/lib/big.so")).unwrap();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let before = reader.reads();
+    assert_eq!(std::fs::read(at.join("usr/lib/big.so")).unwrap(), big);
+    assert!(reader.reads() > before);
+}
+
 /// `layer()` written as eStargz with `opts`, served from memory.
 fn estargz_source(opts: &WriteOptions) -> (Arc<MemSource>, Written) {
     let mut blob = Vec::new();

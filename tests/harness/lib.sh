@@ -272,11 +272,11 @@ file_is_static() {
     fi
 }
 
-# start_containerd WORKDIR [STRATA_SOCK] — start containerd 1.6 with strata as its content store (proxy plugin "strata-content") and as the snapshotter "strata" (proxy plugin, type snapshot); print its socket path. With STRATA_BUILTIN_CONTENT=1 containerd keeps its own content store (and, without STRATA_SOCK, has no strata plugin at all). With STRATA_CRI=1 its CRI plugin runs too, on snapshotter "strata" with the snapshot annotations on (what a remote snapshotter needs), sandbox image $STRATA_CRI_SANDBOX_IMAGE, registries configured from WORKDIR/certs.d (hosts.toml), runc state under WORKDIR/cri-runc.
+# start_containerd WORKDIR [STRATA_SOCK] — start containerd 1.6 with strata as its content store (proxy plugin "strata-content") and as the snapshotter "strata" (proxy plugin, type snapshot); print its socket path. With STRATA_BUILTIN_CONTENT=1 containerd keeps its own content store (and, without STRATA_SOCK, has no strata plugin at all). STRATA_PROXY_NAME names the proxy snapshotter (default strata; the lazy benchmark points one named stargz at stargz-snapshotter). With STRATA_CRI=1 its CRI plugin runs too, on snapshotter "strata" with the snapshot annotations on (what a remote snapshotter needs), sandbox image $STRATA_CRI_SANDBOX_IMAGE, registries configured from WORKDIR/certs.d (hosts.toml), runc state under WORKDIR/cri-runc.
 start_containerd() (
     set -euo pipefail
     local wd; wd="$(_h_workdir "${1:-}")"
-    local strata_sock="${2:-}"
+    local strata_sock="${2:-}" name="${STRATA_PROXY_NAME:-strata}"
     local builtin="${STRATA_BUILTIN_CONTENT:-0}"
     if [[ "$builtin" != 1 ]]; then
         [[ -n "$strata_sock" ]] || _h_die "usage: start_containerd WORKDIR STRATA_SOCK (or STRATA_BUILTIN_CONTENT=1)"
@@ -308,7 +308,7 @@ start_containerd() (
     # which a CI sandbox may not grant).
     restrict_oom_score_adj = true
     [plugins.\"io.containerd.grpc.v1.cri\".containerd]
-      snapshotter = \"strata\"
+      snapshotter = \"$name\"
       disable_snapshot_annotations = false
       default_runtime_name = \"runc\"
       [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]
@@ -323,7 +323,7 @@ start_containerd() (
     fi
     if [[ -n "$strata_sock" ]]; then
         proxy="[proxy_plugins]
-  [proxy_plugins.strata]
+  [proxy_plugins.$name]
     type = \"snapshot\"
     address = \"$strata_sock\""
     fi
@@ -391,8 +391,8 @@ EOF
     fi
     if [[ -n "$strata_sock" ]]; then
         ctr --address "$sock" plugins ls 2>/dev/null \
-            | awk '$1=="io.containerd.snapshotter.v1" && $2=="strata" && $NF=="ok"{f=1} END{exit !f}' \
-            || _h_die "proxy snapshotter 'strata' not ok (log: $log)"
+            | awk -v n="$name" '$1=="io.containerd.snapshotter.v1" && $2==n && $NF=="ok"{f=1} END{exit !f}' \
+            || _h_die "proxy snapshotter '$name' not ok (log: $log)"
     fi
     echo "$sock"
 )

@@ -7,16 +7,27 @@
 //! overlayfs sit on a passthrough mount), gives each worker thread its own cloned
 //! `/dev/fuse` fd, and can wrap an already opened fd (`Session::from_fd`); fuse3 stops
 //! at protocol 7.31, with no passthrough, and serves every request through one reader.
+//!
+//! Passthrough: a file whose content is one chunk that is already local is opened with
+//! its cache file as the backing file (`FOPEN_PASSTHROUGH`, Linux >= 6.9), so its reads
+//! go from the kernel to the cache and never reach this process. The kernel refuses (EIO)
+//! to open an inode in passthrough while it is open through the page cache, or the other
+//! way round, so an inode keeps the mode of its first open until its last release (an
+//! executable running from a file keeps it open). Everything else (and
+//! every file on a kernel without passthrough, or when the cache's own filesystem is
+//! stacked too deep) is read through [`LayerReader::read`].
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use super::reader::LayerReader;
@@ -30,12 +41,46 @@ const TTL: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub struct LazyFs {
     reader: Arc<LayerReader>,
+    /// Whether the kernel took FUSE_PASSTHROUGH at init.
+    passthrough: AtomicBool,
+    /// Open inodes: how often, and their backing file when opened in passthrough.
+    opens: Mutex<Opens>,
+    next_fh: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Opens {
+    inodes: HashMap<u64, (u32, Option<BackingId>)>,
+    handles: HashMap<u64, u64>,
 }
 
 impl LazyFs {
     /// The filesystem serving `reader`'s layer.
     pub fn new(reader: Arc<LayerReader>) -> Self {
-        LazyFs { reader }
+        LazyFs {
+            reader,
+            passthrough: AtomicBool::new(false),
+            opens: Mutex::new(Opens::default()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    /// `n`'s local cache file registered as backing file, if it can be.
+    fn backing(&self, n: &Node, reply: &ReplyOpen) -> Option<BackingId> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let path = self.reader.whole_file(n)?;
+        let file = std::fs::File::open(&path).ok()?;
+        match reply.open_backing(&file) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                // A cache on a stacked filesystem, for one: reads go through the reader.
+                tracing::debug!(path = %path.display(), error = %e, "no passthrough");
+                self.passthrough.store(false, Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
@@ -81,7 +126,12 @@ fn file_type(k: NodeKind) -> FileType {
 }
 
 impl Filesystem for LazyFs {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // One level of stacking for the backing files, so that overlayfs can still sit on
+        // this mount (the kernel allows two in all).
+        let on = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        self.passthrough.store(on, Ordering::Relaxed);
         Ok(())
     }
 
@@ -115,10 +165,47 @@ impl Filesystem for LazyFs {
         match self.node(ino) {
             Ok(n) if n.kind == NodeKind::Dir => reply.error(Errno::EISDIR),
             Ok(_) if flags.acc_mode() != OpenAccMode::O_RDONLY => reply.error(Errno::EROFS),
-            // Content never changes: keep the page cache across opens.
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(n) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                let mut opens = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+                opens.handles.insert(fh, ino.0);
+                if !opens.inodes.contains_key(&ino.0) {
+                    let backing = self.backing(n, &reply);
+                    opens.inodes.insert(ino.0, (0, backing));
+                }
+                let (count, backing) = opens.inodes.get_mut(&ino.0).expect("inserted");
+                *count += 1;
+                match backing {
+                    Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id),
+                    // Content never changes: keep the page cache across opens.
+                    None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                }
+            }
             Err(e) => reply.error(e),
         }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let mut opens = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ino) = opens.handles.remove(&fh.0)
+            && let Some((count, _)) = opens.inodes.get_mut(&ino)
+        {
+            *count -= 1;
+            if *count == 0 {
+                // Dropping the id closes the kernel's reference to the backing file.
+                opens.inodes.remove(&ino);
+            }
+        }
+        reply.ok();
     }
 
     fn read(

@@ -39,6 +39,8 @@ pub struct LayerReader {
     blob: RemoteBlob,
     chunks: PathBuf,
     fetched: AtomicU64,
+    /// Reads served (what passthrough spares).
+    reads: AtomicU64,
     /// Chunks being fetched, so a second reader waits for the first.
     inflight: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// On-demand reads in progress: the background fetch waits while there are any.
@@ -89,6 +91,7 @@ impl LayerReader {
             blob,
             chunks,
             fetched: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             inflight: Mutex::new(HashMap::new()),
             demand: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
@@ -115,13 +118,31 @@ impl LayerReader {
         self.chunks.join(c.digest.hex())
     }
 
+    /// The cache file holding all of `node`'s content, when it is one verified chunk
+    /// that is local: a file the kernel can read the node from directly (passthrough).
+    pub fn whole_file(&self, node: &Node) -> Option<PathBuf> {
+        match node.chunks.as_slice() {
+            [c] if c.file_offset == 0 && c.size == node.size => {
+                let p = self.cached(c);
+                p.exists().then_some(p)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether every chunk of `node` is in the cache.
     pub fn is_local(&self, node: &Node) -> bool {
         node.chunks.iter().all(|c| self.cached(c).exists())
     }
 
+    /// Reads served by [`LayerReader::read`] so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
     /// Up to `size` bytes of file `ino` from `offset`.
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let node = self
             .tree
             .node(ino)
@@ -139,10 +160,13 @@ impl LayerReader {
             .partition_point(|c| c.file_offset + c.size <= offset);
         let last = node.chunks.partition_point(|c| c.file_offset < end);
         let wanted = &node.chunks[first..last];
-        self.demand.fetch_add(1, Ordering::SeqCst);
-        let ensured = self.ensure(self.with_neighbours(wanted).into_iter());
-        self.demand.fetch_sub(1, Ordering::SeqCst);
-        ensured?;
+        // A hit costs a stat per chunk read, not one per neighbour.
+        if !wanted.iter().all(|c| self.cached(c).exists()) {
+            self.demand.fetch_add(1, Ordering::SeqCst);
+            let ensured = self.ensure(self.with_neighbours(wanted).into_iter());
+            self.demand.fetch_sub(1, Ordering::SeqCst);
+            ensured?;
+        }
         let mut out = Vec::with_capacity((end - offset) as usize);
         for c in wanted {
             let from = offset.max(c.file_offset) - c.file_offset;
