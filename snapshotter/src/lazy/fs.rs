@@ -169,11 +169,10 @@ impl Filesystem for LazyFs {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                 let mut opens = self.opens.lock().unwrap_or_else(|e| e.into_inner());
                 opens.handles.insert(fh, ino.0);
-                if !opens.inodes.contains_key(&ino.0) {
-                    let backing = self.backing(n, &reply);
-                    opens.inodes.insert(ino.0, (0, backing));
-                }
-                let (count, backing) = opens.inodes.get_mut(&ino.0).expect("inserted");
+                let (count, backing) = opens
+                    .inodes
+                    .entry(ino.0)
+                    .or_insert_with(|| (0, self.backing(n, &reply)));
                 *count += 1;
                 match backing {
                     Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id),
