@@ -244,6 +244,14 @@ containerd_run() {
 }
 
 stargz_bin="$cache/containerd-stargz-grpc"
+if [[ " $tools " == *" stargz"* ]]; then
+    for c in ctr-remote go; do
+        command -v "$c" >/dev/null || {
+            echo "the stargz peers need $c: apt-get install stargz-snapshotter golang-github-containerd-stargz-snapshotter-dev golang-go" >&2
+            exit 1
+        }
+    done
+fi
 if [[ " $tools " == *" stargz"* && ! -x "$stargz_bin" ]]; then
     log "building containerd-stargz-grpc from Debian's Go sources"
     GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$cache/go-cache" \
