@@ -6,50 +6,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Daemon, stderr, stdout};
+use common::{Daemon, StopAll, harness, harness_lib, stderr, stdout};
 use strata_content::testsuite::digest_of;
-
-/// The harness library of the checkout being tested: looked up at run time (cargo sets
-/// `CARGO_MANIFEST_DIR` for test processes), since a test binary reused from a shared
-/// target dir may have been compiled in another checkout.
-fn harness_lib() -> String {
-    let dir = std::env::var("CARGO_MANIFEST_DIR")
-        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
-    format!("{dir}/tests/harness/lib.sh")
-}
-
-/// Runs a harness function (tests/harness/lib.sh) and returns its trimmed stdout.
-fn harness(env: &[(&str, &str)], args: &[&str]) -> String {
-    let lib = harness_lib();
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c")
-        .arg(format!("source {lib}; \"$@\""))
-        .arg("_")
-        .args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run bash");
-    assert!(
-        out.status.success(),
-        "harness {args:?} failed: {}\n{}",
-        stderr(&out),
-        stdout(&out)
-    );
-    stdout(&out).trim().to_owned()
-}
-
-struct Cleanup<'a>(&'a Path);
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let wd = self.0.to_str().unwrap();
-        let lib = harness_lib();
-        let _ = Command::new("bash")
-            .arg("-c")
-            .arg(format!("source {lib}; stop_all {wd}"))
-            .output();
-    }
-}
 
 fn read_file(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap().trim().to_owned()
@@ -63,7 +21,7 @@ fn containerd_pulls_into_strata() {
         .tempdir_in("/tmp")
         .unwrap();
     let wd = dir.path().to_str().unwrap().to_owned();
-    let _cleanup = Cleanup(dir.path());
+    let _cleanup = StopAll(dir.path());
     let d = Daemon::start(dir.path(), &[]);
     let sock = d.sock.to_str().unwrap().to_owned();
 
@@ -153,7 +111,7 @@ fn containerd_uses_strata_as_its_snapshotter() {
         .tempdir_in("/tmp")
         .unwrap();
     let wd = dir.path().to_str().unwrap().to_owned();
-    let _cleanup = Cleanup(dir.path());
+    let _cleanup = StopAll(dir.path());
     let mut d = Daemon::start(dir.path(), &[]);
     let sock = d.sock.to_str().unwrap().to_owned();
     let registry = harness(&[], &["start_registry", &wd]);
@@ -318,7 +276,7 @@ fn containerd_adopts_a_layer_committed_in_another_namespace() {
         .tempdir_in("/tmp")
         .unwrap();
     let wd = dir.path().to_str().unwrap().to_owned();
-    let _cleanup = Cleanup(dir.path());
+    let _cleanup = StopAll(dir.path());
     let d = Daemon::start(dir.path(), &[]);
     let csock = harness(&[], &["start_containerd", &wd, d.sock.to_str().unwrap()]);
     let rt = common::runtime();

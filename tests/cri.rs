@@ -14,53 +14,12 @@ use std::time::{Duration, Instant};
 
 use common::images;
 use common::oci::{Built, Image, Layer, Registry};
-use common::{Daemon, stderr, stdout};
+use common::{Daemon, StopAll, harness, stderr, stdout};
 use serde_json::json;
 use strata_proto::cri::v1 as cri;
 use strata_proto::cri::v1::image_service_client::ImageServiceClient;
 use strata_proto::cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
-
-fn harness_lib() -> String {
-    let dir = std::env::var("CARGO_MANIFEST_DIR")
-        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
-    format!("{dir}/tests/harness/lib.sh")
-}
-
-/// Runs a harness function (tests/harness/lib.sh) and returns its trimmed stdout.
-fn harness(env: &[(&str, &str)], args: &[&str]) -> String {
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c")
-        .arg(format!("source {}; \"$@\"", harness_lib()))
-        .arg("_")
-        .args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run bash");
-    assert!(
-        out.status.success(),
-        "harness {args:?} failed: {}\n{}",
-        stderr(&out),
-        stdout(&out)
-    );
-    stdout(&out).trim().to_owned()
-}
-
-/// Stops containerd, its shims and the registry, and unmounts what is left.
-struct Cleanup<'a>(&'a Path);
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "source {}; stop_all {}",
-                harness_lib(),
-                self.0.display()
-            ))
-            .output();
-    }
-}
 
 /// The pod sandbox image: busybox sleeping, as `pause` would.
 fn sandbox_image() -> Built {
@@ -256,7 +215,7 @@ fn the_cri_starts_containers_on_lazy_layers_through_strata() {
         .tempdir_in("/tmp")
         .unwrap();
     let wd = dir.path().to_str().unwrap().to_owned();
-    let _cleanup = Cleanup(dir.path());
+    let _cleanup = StopAll(dir.path());
     let hostport = harness(&[], &["start_registry", &wd]);
     let reg = Registry::new(&hostport, &dir.path().join("registry-data"));
     reg.push_image("pause", "1", &sandbox_image());

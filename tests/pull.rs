@@ -5,37 +5,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Daemon, stderr, stdout};
-
-fn harness(args: &[&str]) -> String {
-    let dir = std::env::var("CARGO_MANIFEST_DIR")
-        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(format!("source {dir}/tests/harness/lib.sh; \"$@\""))
-        .arg("_")
-        .args(args)
-        .env("STRATA_IMAGE_EXTRA_KIB", "2048")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "harness {args:?}: {}", stderr(&out));
-    stdout(&out).trim().to_owned()
-}
-
-struct Stop<'a>(&'a Path);
-impl Drop for Stop<'_> {
-    fn drop(&mut self) {
-        let dir = std::env::var("CARGO_MANIFEST_DIR")
-            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
-        let _ = Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "source {dir}/tests/harness/lib.sh; stop_all {}",
-                self.0.display()
-            ))
-            .output();
-    }
-}
+use common::{Daemon, StopAll, harness, stderr, stdout};
 
 #[test]
 fn pull_unpacks_records_and_collects() {
@@ -44,16 +14,22 @@ fn pull_unpacks_records_and_collects() {
         .tempdir_in("/tmp")
         .unwrap();
     let wd = dir.path().to_str().unwrap().to_owned();
-    let _stop = Stop(dir.path());
+    let _stop = StopAll(dir.path());
     let d = Daemon::start(dir.path(), &[]);
-    let registry = harness(&["start_registry", &wd]);
-    harness(&[
-        "build_push_test_image",
-        &wd,
-        &registry,
-        "strata/pull:1",
-        "hello from strata pull",
-    ]);
+    let registry = harness(
+        &[("STRATA_IMAGE_EXTRA_KIB", "2048")],
+        &["start_registry", &wd],
+    );
+    harness(
+        &[("STRATA_IMAGE_EXTRA_KIB", "2048")],
+        &[
+            "build_push_test_image",
+            &wd,
+            &registry,
+            "strata/pull:1",
+            "hello from strata pull",
+        ],
+    );
     let image = format!("{registry}/strata/pull:1");
     let manifest = std::fs::read_to_string(dir.path().join("manifest.digest")).unwrap();
     let layer = std::fs::read_to_string(dir.path().join("layer.digest")).unwrap();

@@ -19,27 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::oci::{self, Built, Compression, Image, Layer, Registry, Tar};
-use common::{Daemon, stderr, stdout};
+use common::{Daemon, harness, stderr, stdout};
 
 // ---- Harness --------------------------------------------------------------------------
 
 fn manifest_dir() -> String {
     std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
-}
-
-fn harness(args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "source {}/tests/harness/lib.sh; \"$@\"",
-            manifest_dir()
-        ))
-        .arg("_")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "harness {args:?}: {}", stderr(&out));
-    stdout(&out).trim().to_owned()
 }
 
 /// Stops the registry and unmounts everything under the work dir.
@@ -87,7 +72,7 @@ impl Env {
             ),
         )
         .unwrap();
-        let hostport = harness(&["start_registry", wd.to_str().unwrap()]);
+        let hostport = harness(&[], &["start_registry", wd.to_str().unwrap()]);
         let reg = Registry::new(&hostport, &wd.join("registry-data"));
         let d = Daemon::start(&wd, &[("STRATA_CONFIG", config.to_str().unwrap())]);
         Env {
@@ -813,7 +798,7 @@ fn registry_auth_user_flag_and_docker_config_never_leak_the_password() {
         env.push(&format!("strata/private:{n}"), &img);
         imgs.push(img);
     }
-    harness(&["stop_registry", env.wd().to_str().unwrap()]);
+    harness(&[], &["stop_registry", env.wd().to_str().unwrap()]);
     let auth = start_htpasswd_registry(env.wd(), "alice", &password);
     let image = |n: u32| format!("{}/strata/private:{n}", auth.hostport);
     let mut outputs: Vec<Output> = Vec::new();

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::images::{self, Passwd};
 use common::oci::{Built, Compression, Image, Layer, Registry, Tar};
-use common::{BIN, Daemon, stderr, stdout};
+use common::{BIN, Daemon, harness, stderr, stdout};
 use serde_json::json;
 use sha2::Digest as _;
 
@@ -35,30 +35,6 @@ fn manifest_dir() -> String {
     std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
 }
 
-/// Runs a function of tests/harness/lib.sh; returns its trimmed stdout.
-fn harness(env: &[(&str, &str)], args: &[&str]) -> String {
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c")
-        .arg(format!(
-            "source {}/tests/harness/lib.sh; \"$@\"",
-            manifest_dir()
-        ))
-        .arg("_")
-        .args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "harness {args:?}: {}\n{}",
-        stderr(&out),
-        stdout(&out)
-    );
-    stdout(&out).trim().to_owned()
-}
-
-/// Runs `cmd` to completion, killing it (and failing) after `timeout`.
 fn output_within(mut cmd: Command, timeout: Duration, what: &str) -> Output {
     let mut child = cmd
         .stdin(Stdio::null())

@@ -176,3 +176,50 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// The harness library (tests/harness/lib.sh) of the checkout being tested, found at run
+/// time (cargo sets `CARGO_MANIFEST_DIR` for test processes): a test binary reused from a
+/// shared target dir may have been compiled in another checkout.
+pub fn harness_lib() -> String {
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    format!("{dir}/tests/harness/lib.sh")
+}
+
+/// Runs a harness function with `env` set; returns its trimmed stdout, failing the test
+/// when it fails.
+pub fn harness(env: &[(&str, &str)], args: &[&str]) -> String {
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!("source {}; \"$@\"", harness_lib()))
+        .arg("_")
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run bash");
+    assert!(
+        out.status.success(),
+        "harness {args:?} failed: {}\n{}",
+        stderr(&out),
+        stdout(&out)
+    );
+    stdout(&out).trim().to_owned()
+}
+
+/// Runs the harness's `stop_all WD` when dropped: containerd and its shims, the registry,
+/// every mount under WD.
+pub struct StopAll<'a>(pub &'a Path);
+
+impl Drop for StopAll<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {}; stop_all {}",
+                harness_lib(),
+                self.0.display()
+            ))
+            .output();
+    }
+}
