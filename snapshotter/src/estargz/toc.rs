@@ -15,6 +15,7 @@
 //! are dropped. The eStargz metadata files at the root (`stargz.index.json` and the
 //! landmarks) are hidden, as stargz-snapshotter hides them.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
@@ -278,7 +279,7 @@ fn id32(name: &str, what: &str, v: u64) -> Result<u32> {
     u32::try_from(v).map_err(|_| bad(name, format!("{what} {v} out of range")))
 }
 
-fn decode_xattrs(e: &TocEntry) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+fn decode_xattrs(e: &RawEntry<'_>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     use base64::Engine as _;
     let mut out = Vec::new();
     for (k, v) in &e.xattrs {
@@ -290,7 +291,7 @@ fn decode_xattrs(e: &TocEntry) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
             continue;
         }
         let v = base64::engine::general_purpose::STANDARD
-            .decode(v)
+            .decode(v.as_bytes())
             .map_err(|err| bad(&e.name, format!("xattr {k:?} is not base64: {err}")))?;
         if v.len() > 65536 {
             return Err(bad(&e.name, format!("xattr {k:?} over 64 KiB")));
@@ -308,6 +309,8 @@ struct DataRef {
 
 impl Tree {
     /// Parses and checks TOC JSON for a blob whose TOC member starts at `toc_offset`.
+    /// Entries are checked as they are parsed, borrowing their strings from `json`: a big
+    /// layer's TOC is never held twice.
     pub fn from_json(json: &[u8], toc_offset: u64, limits: &TocLimits) -> Result<Tree> {
         if json.len() as u64 > limits.max_json {
             return Err(Error::invalid(format!(
@@ -316,57 +319,27 @@ impl Tree {
                 limits.max_json
             )));
         }
-        let toc: TocJson = serde_json::from_slice(json)
-            .map_err(|e| Error::invalid(format!("eStargz TOC is not valid JSON: {e}")))?;
-        Tree::from_toc(&toc, toc_offset, limits)
+        let mut feeder = Feeder::new(toc_offset, limits);
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let parsed = serde::de::DeserializeSeed::deserialize(TocSeed(&mut feeder), &mut de)
+            .and_then(|version| de.end().map(|()| version));
+        if let Some(e) = feeder.failed.take() {
+            return Err(e);
+        }
+        let version =
+            parsed.map_err(|e| Error::invalid(format!("eStargz TOC is not valid JSON: {e}")))?;
+        let version =
+            version.ok_or_else(|| Error::invalid("eStargz TOC is not valid JSON: no version"))?;
+        feeder.finish(version)
     }
 
     /// Checks a parsed TOC; see the module docs for what is refused.
     pub fn from_toc(toc: &TocJson, toc_offset: u64, limits: &TocLimits) -> Result<Tree> {
-        if toc.version != 1 {
-            return Err(Error::invalid(format!(
-                "eStargz TOC version {} (only 1 is known)",
-                toc.version
-            )));
-        }
-        if toc.entries.len() > limits.max_entries {
-            return Err(Error::invalid(format!(
-                "eStargz TOC has {} entries, over the cap of {}",
-                toc.entries.len(),
-                limits.max_entries
-            )));
-        }
-        let mut b = Builder {
-            tree: Tree {
-                nodes: vec![Node::new(NodeKind::Dir, 0o755, ROOT)],
-                prefetch: None,
-                toc_offset,
-            },
-            data: Vec::new(),
-            whiteouts: BTreeMap::new(),
-            explicit: std::collections::HashSet::new(),
-            hidden: Vec::new(),
-        };
-        b.tree.nodes[0].nlink = 2;
-        let mut last_file: Option<u32> = None;
+        let mut feeder = Feeder::new(toc_offset, limits);
         for e in &toc.entries {
-            if e.kind == "chunk" {
-                let node =
-                    last_file.ok_or_else(|| bad(&e.name, "a chunk with no file before it"))?;
-                b.chunk(node, e, limits)?;
-                continue;
-            }
-            if let Some(prev) = last_file.take() {
-                b.finish_file(prev)?;
-            }
-            last_file = b.entry(e, limits)?;
+            feeder.push(&e.raw())?;
         }
-        if let Some(prev) = last_file {
-            b.finish_file(prev)?;
-        }
-        b.extents()?;
-        b.apply_whiteouts()?;
-        Ok(b.tree)
+        feeder.finish(toc.version)
     }
 
     /// The node of inode `ino`.
@@ -399,6 +372,212 @@ impl Tree {
     }
 }
 
+/// A TOC entry as parsed, its strings borrowed from the JSON where they need no
+/// unescaping; what [`Builder`] reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEntry<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    size: u64,
+    #[serde(default, borrow)]
+    modtime: Cow<'a, str>,
+    #[serde(default, borrow)]
+    link_name: Cow<'a, str>,
+    #[serde(default)]
+    mode: u64,
+    #[serde(default)]
+    uid: u64,
+    #[serde(default)]
+    gid: u64,
+    #[serde(default)]
+    dev_major: u64,
+    #[serde(default)]
+    dev_minor: u64,
+    #[serde(default, borrow)]
+    xattrs: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    inner_offset: u64,
+    #[serde(default)]
+    chunk_offset: u64,
+    #[serde(default)]
+    chunk_size: u64,
+    #[serde(default, borrow)]
+    chunk_digest: Cow<'a, str>,
+}
+
+impl TocEntry {
+    fn raw(&self) -> RawEntry<'_> {
+        RawEntry {
+            name: Cow::Borrowed(&self.name),
+            kind: Cow::Borrowed(&self.kind),
+            size: self.size,
+            modtime: Cow::Borrowed(&self.modtime),
+            link_name: Cow::Borrowed(&self.link_name),
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            dev_major: self.dev_major,
+            dev_minor: self.dev_minor,
+            xattrs: self
+                .xattrs
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+                .collect(),
+            offset: self.offset,
+            inner_offset: self.inner_offset,
+            chunk_offset: self.chunk_offset,
+            chunk_size: self.chunk_size,
+            chunk_digest: Cow::Borrowed(&self.chunk_digest),
+        }
+    }
+}
+
+/// Entries in TOC order into a [`Builder`]; the first refusal is kept for the caller.
+struct Feeder<'l> {
+    b: Builder,
+    limits: &'l TocLimits,
+    last_file: Option<u32>,
+    entries: usize,
+    failed: Option<Error>,
+}
+
+impl<'l> Feeder<'l> {
+    fn new(toc_offset: u64, limits: &'l TocLimits) -> Self {
+        let mut b = Builder {
+            tree: Tree {
+                nodes: vec![Node::new(NodeKind::Dir, 0o755, ROOT)],
+                prefetch: None,
+                toc_offset,
+            },
+            data: Vec::new(),
+            whiteouts: BTreeMap::new(),
+            explicit: std::collections::HashSet::new(),
+            hidden: Vec::new(),
+            last_parent: None,
+        };
+        b.tree.nodes[0].nlink = 2;
+        Feeder {
+            b,
+            limits,
+            last_file: None,
+            entries: 0,
+            failed: None,
+        }
+    }
+
+    fn push(&mut self, e: &RawEntry<'_>) -> Result<()> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(Error::invalid(format!(
+                "eStargz TOC is over the cap of {} entries",
+                self.limits.max_entries
+            )));
+        }
+        if e.kind == "chunk" {
+            let node = self
+                .last_file
+                .ok_or_else(|| bad(&e.name, "a chunk with no file before it"))?;
+            return self.b.chunk(node, e, self.limits);
+        }
+        if let Some(prev) = self.last_file.take() {
+            self.b.finish_file(prev)?;
+        }
+        self.last_file = self.b.entry(e, self.limits)?;
+        Ok(())
+    }
+
+    fn finish(mut self, version: i64) -> Result<Tree> {
+        if version != 1 {
+            return Err(Error::invalid(format!(
+                "eStargz TOC version {version} (only 1 is known)"
+            )));
+        }
+        if let Some(prev) = self.last_file.take() {
+            self.b.finish_file(prev)?;
+        }
+        self.b.extents()?;
+        self.b.apply_whiteouts()?;
+        Ok(self.b.tree)
+    }
+}
+
+/// The TOC object, its entries fed one by one; yields the version it names.
+struct TocSeed<'f, 'l>(&'f mut Feeder<'l>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for TocSeed<'_, '_> {
+    type Value = Option<i64>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TocSeed<'_, '_> {
+    type Value = Option<i64>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a TOC object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut m: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut version = None;
+        while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+            match &*k {
+                "version" => version = Some(m.next_value::<i64>()?),
+                "entries" => m.next_value_seed(EntriesSeed(&mut *self.0))?,
+                _ => {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(version)
+    }
+}
+
+/// The `entries` array, each entry checked as soon as it is parsed.
+struct EntriesSeed<'f, 'l>(&'f mut Feeder<'l>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for EntriesSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for EntriesSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of TOC entries")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        while let Some(e) = seq.next_element::<RawEntry<'de>>()? {
+            if let Err(err) = self.0.push(&e) {
+                self.0.failed = Some(err);
+                return Err(serde::de::Error::custom("entry refused"));
+            }
+        }
+        Ok(())
+    }
+}
+
 struct Builder {
     tree: Tree,
     data: Vec<DataRef>,
@@ -409,6 +588,8 @@ struct Builder {
     explicit: std::collections::HashSet<u32>,
     /// Members of the files the tree hides (landmarks): where the data before them ends.
     hidden: Vec<u64>,
+    /// The last entry's parent directory as named, and its inode.
+    last_parent: Option<(String, u32)>,
 }
 
 impl Builder {
@@ -449,7 +630,7 @@ impl Builder {
     }
 
     /// One non-chunk entry; returns the file node when it is a regular file.
-    fn entry(&mut self, e: &TocEntry, limits: &TocLimits) -> Result<Option<u32>> {
+    fn entry(&mut self, e: &RawEntry<'_>, limits: &TocLimits) -> Result<Option<u32>> {
         let parts = components(&e.name)?;
         let Some((last, dirs)) = parts.split_last() else {
             // The root itself.
@@ -462,7 +643,19 @@ impl Builder {
             self.set_meta(ROOT, e)?;
             return Ok(None);
         };
-        let parent = self.dir(&e.name, dirs)?;
+        // Entries come in tar order: most share the previous entry's parent directory.
+        let raw_parent =
+            (!e.name.ends_with('/')).then(|| e.name.rsplit_once('/').map_or("", |(p, _)| p));
+        let parent = match (&self.last_parent, raw_parent) {
+            (Some((p, ino)), Some(rp)) if p == rp => *ino,
+            _ => {
+                let ino = self.dir(&e.name, dirs)?;
+                if let Some(rp) = raw_parent {
+                    self.last_parent = Some((rp.to_owned(), ino));
+                }
+                ino
+            }
+        };
         if parent == ROOT
             && dirs.is_empty()
             && matches!(
@@ -519,7 +712,7 @@ impl Builder {
         if existing.is_some() {
             return Err(bad(&e.name, "duplicate entry"));
         }
-        let kind = match e.kind.as_str() {
+        let kind = match &*e.kind {
             "reg" => NodeKind::File,
             "symlink" => NodeKind::Symlink,
             "char" => NodeKind::Char,
@@ -580,7 +773,7 @@ impl Builder {
         Ok(None)
     }
 
-    fn set_meta(&mut self, ino: u32, e: &TocEntry) -> Result<()> {
+    fn set_meta(&mut self, ino: u32, e: &RawEntry<'_>) -> Result<()> {
         let mtime = mtime(&e.name, &e.modtime)?;
         let uid = id32(&e.name, "uid", e.uid)?;
         let gid = id32(&e.name, "gid", e.gid)?;
@@ -594,7 +787,7 @@ impl Builder {
         Ok(())
     }
 
-    fn chunk(&mut self, ino: u32, e: &TocEntry, limits: &TocLimits) -> Result<()> {
+    fn chunk(&mut self, ino: u32, e: &RawEntry<'_>, limits: &TocLimits) -> Result<()> {
         let name = &e.name;
         let n = &self.tree.nodes[ino as usize - 1];
         let expected = n.chunks.last().map_or(0, |c| c.file_offset + c.size);
