@@ -10,6 +10,7 @@ use strata_content::testsuite::{content, digest_of};
 use strata_content::{Labels, LocalStore, Provider, Scope, StoreOptions};
 use strata_puller::fetch::CHUNKED_MIN;
 use strata_puller::{Blob, FetchSource, Fetched, Result, fetch_blob};
+use strata_testkit::{NOISE_SEED, noise};
 
 /// Serves `data`, honouring ranges or not, cutting each connection after `cut` bytes.
 struct Source {
@@ -67,22 +68,10 @@ impl FetchSource for Source {
     }
 }
 
-fn pseudo_random(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn large_blobs_come_in_parallel_ranges_written_in_order() {
     let (_d, store, scope) = setup();
-    let data = pseudo_random(CHUNKED_MIN as usize + (9 << 20) + 4321);
+    let data = noise(CHUNKED_MIN as usize + (9 << 20) + 4321, NOISE_SEED);
     let b = blob(&data);
     let mut src = Source::new(data.clone());
     // Every connection breaks after 3 MiB: each chunk resumes where it broke.
@@ -122,7 +111,7 @@ fn large_blobs_come_in_parallel_ranges_written_in_order() {
 #[test]
 fn large_blobs_from_a_source_without_ranges_come_in_one_stream() {
     let (_d, store, scope) = setup();
-    let data = pseudo_random(CHUNKED_MIN as usize + 1);
+    let data = noise(CHUNKED_MIN as usize + 1, NOISE_SEED);
     let b = blob(&data);
     let mut src = Source::new(data.clone());
     src.honour_range = false;

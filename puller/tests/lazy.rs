@@ -27,23 +27,10 @@ use strata_snapshotter::overlay::kernel_supports_index;
 use strata_snapshotter::{
     BlobSource, Cleanup, Kind, Labels, OverlayOptions, RemoteBlob, Snapshotter,
 };
-use strata_testkit::{Snapshot, Tar, require_root};
+use strata_testkit::{NOISE_SEED, Snapshot, Tar, noise, require_root};
 
 /// `security.capability` v2 granting CAP_NET_BIND_SERVICE.
 const CAPS: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-
-/// Bytes that do not compress (xorshift).
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
 
 fn layer() -> Vec<u8> {
     let mut t = Tar::new();
@@ -75,7 +62,7 @@ fn layer() -> Vec<u8> {
         .dir("opaque")
         .file("opaque/.wh..wh..opq", b"")
         .file("opaque/new", b"new")
-        .file("zz/noise.bin", &noise(2 << 20));
+        .file("zz/noise.bin", &noise(2 << 20, NOISE_SEED));
     t.finish()
 }
 

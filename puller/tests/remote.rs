@@ -77,19 +77,6 @@ fn ranges_are_exact_and_errors_keep_their_kind() {
     assert_eq!(hits.load(Ordering::SeqCst), before);
 }
 
-/// Bytes that do not compress (xorshift), so each file is a request of its own.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn an_expired_bearer_token_is_refreshed_during_lazy_reads() {
     use strata_snapshotter::estargz::{TocLimits, WriteOptions, fetch_tree, write_estargz};
@@ -98,7 +85,9 @@ fn an_expired_bearer_token_is_refreshed_during_lazy_reads() {
 
     let mut t = Tar::new();
     t.dir("data");
-    let files: Vec<Vec<u8>> = (0..5).map(|i| noise(96 << 10, 7 + i)).collect();
+    let files: Vec<Vec<u8>> = (0..5)
+        .map(|i| strata_testkit::noise(96 << 10, 7 + i))
+        .collect();
     for (i, f) in files.iter().enumerate() {
         t.file(&format!("data/f{i}"), f);
     }

@@ -22,6 +22,22 @@ pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
 
+/// `len` bytes that do not compress (xorshift from `seed`; the same seed, the same bytes).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The seed the tests' incompressible data starts from when one will do.
+pub const NOISE_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
 /// `data` gzip-compressed at the default level.
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
