@@ -12,12 +12,13 @@ use sha2::Digest as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// The repository root (the workspace), found at run time.
+/// The repository root (the workspace), found at run time: cargo sets
+/// `CARGO_MANIFEST_DIR` for test processes, and a test binary reused from a shared target
+/// dir may have been compiled in another checkout (one since deleted).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    Path::new(&dir).parent().unwrap().to_owned()
 }
 
 /// Runs a tests/harness/lib.sh function; returns its stdout, trimmed.
